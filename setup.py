@@ -1,0 +1,33 @@
+"""var-jax: VAR (next-scale prediction) in JAX/Flax NNX."""
+from setuptools import find_packages, setup
+
+setup(
+    name="var-jax",
+    version="0.1.0",
+    description="Visual AutoRegressive modeling (VAR, next-scale prediction) in JAX and Flax NNX",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    packages=find_packages(include=["var_jax", "var_jax.*"]),
+    package_data={"var_jax": ["data/embedded/*.npz"]},
+    python_requires=">=3.11",
+    install_requires=[
+        "jax>=0.10.2",
+        "flax>=0.12.8",
+        "optax>=0.2.5",
+        "orbax-checkpoint>=0.11.0",
+        "grain>=0.2.10",
+        "tensorflow-datasets>=4.9.7",
+        "einops>=0.8.0",
+        "ml_collections>=1.0.0",
+        "numpy>=1.26",
+        "pillow>=10.0",
+        "tqdm>=4.66",
+    ],
+    extras_require={
+        # torch is only needed to read official .pth files; the converter core works on numpy dicts.
+        "convert": ["torch>=2.1"],
+        "dev": ["pytest>=8.0", "pytest-timeout>=2.3"],
+    },
+    entry_points={"console_scripts": ["var-jax=var_jax.cli:main"]},
+)

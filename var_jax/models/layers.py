@@ -1,0 +1,54 @@
+"""Parameters and dense layers that carry logical axis names for sharding.
+
+Names come from the vocabulary of ``var_jax.parallel`` (``batch``, ``seq``, ``embed``, ``heads``,
+``mlp``, ``vocab``, ``layers``); ``None`` marks an axis that is never sharded.  Variables are
+created unsharded (``eager_sharding=False``): placement happens when a train or sample step is
+compiled for a mesh.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Names = Sequence[str | None]
+
+
+def param(value: jax.Array, names: Names) -> nnx.Param:
+    if len(names) != value.ndim:
+        raise ValueError(f"{len(names)} axis names {tuple(names)} for a parameter of shape {value.shape}")
+    return nnx.Param(value, sharding_names=tuple(names), eager_sharding=False)
+
+
+def trunc_normal(key: jax.Array, shape: Sequence[int], std: float) -> jax.Array:
+    """``torch.nn.init.trunc_normal_(std=std)``: a normal truncated at ±2 in absolute value."""
+    return jax.random.truncated_normal(key, -2.0 / std, 2.0 / std, shape, jnp.float32) * std
+
+
+class Linear(nnx.Module):
+    """y = x·W + b with W stored (in, out), optionally stacked on leading axes (e.g. ``layers``).
+
+    The bias has the kernel's leading (stacked) axes and its output axis; its names say how many
+    leading axes there are.
+    """
+
+    def __init__(self, kernel: jax.Array, kernel_names: Names, bias_names: Names | None):
+        self.kernel = param(kernel, kernel_names)
+        if bias_names is None:
+            self.bias = None
+        else:
+            shape = kernel.shape[:len(bias_names) - 1] + kernel.shape[-1:]
+            self.bias = param(jnp.zeros(shape, jnp.float32), bias_names)
+
+    def __call__(self, x: jax.Array, dtype=None) -> jax.Array:
+        return dense(x, self.kernel[...], None if self.bias is None else self.bias[...], dtype)
+
+
+def dense(x: jax.Array, kernel: jax.Array, bias: jax.Array | None, dtype=None) -> jax.Array:
+    """x (..., in) · kernel (in, out) + bias, multiplied in ``dtype`` and accumulated in float32."""
+    if dtype is not None:
+        x, kernel = x.astype(dtype), kernel.astype(dtype)
+    y = jnp.matmul(x, kernel, preferred_element_type=jnp.float32)
+    return y if bias is None else y + bias

@@ -1,0 +1,325 @@
+"""The VAR transformer: a decoder-only GPT with AdaLN class conditioning and a block-causal mask.
+
+All tokens of scale k attend to every token of scales ≤ k.  The ``depth`` blocks are stored stacked
+on a leading ``layers`` axis and run with ``jax.lax.scan``, so compile time does not grow with
+depth; each block is the pure function :func:`block_forward` of its slice of the parameters.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from var_jax.models.layers import Linear, dense, param, trunc_normal
+
+MAX_SCALE_MUL = math.log(100.0)  # clamp of the learned attention temperature (log scale)
+
+
+@dataclasses.dataclass(frozen=True)
+class VARConfig:
+    """Arguments of the official ``VAR`` constructor and ``init_weights``, plus a compute dtype and
+    a rematerialisation policy (``none``, ``full`` or a name in ``jax.checkpoint_policies``)."""
+    vocab_size: int = 4096
+    Cvae: int = 32
+    num_classes: int = 1000
+    depth: int = 16
+    embed_dim: int = 1024
+    num_heads: int = 16
+    mlp_ratio: float = 4.0
+    drop_rate: float = 0.0
+    attn_drop_rate: float = 0.0
+    drop_path_rate: float = 0.0
+    norm_eps: float = 1e-6
+    shared_aln: bool = False
+    cond_drop_rate: float = 0.1
+    attn_l2_norm: bool = True
+    patch_nums: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
+    init_adaln: float = 0.5
+    init_adaln_gamma: float = 1e-5
+    init_head: float = 0.02
+    init_std: float = -1.0
+    dtype: str = "float32"
+    remat: str = "none"
+
+    def __post_init__(self):
+        object.__setattr__(self, "patch_nums", tuple(int(p) for p in self.patch_nums))
+        if self.embed_dim % self.num_heads:
+            raise ValueError(f"embed_dim={self.embed_dim} must be divisible by num_heads={self.num_heads}")
+        if len(self.patch_nums) < 2 or list(self.patch_nums) != sorted(set(self.patch_nums)):
+            raise ValueError(f"patch_nums must be at least 2 strictly increasing sizes, got {self.patch_nums}")
+        if self.remat not in ("none", "full") and not hasattr(jax.checkpoint_policies, self.remat):
+            raise ValueError(f"remat must be 'none', 'full' or a jax.checkpoint_policies name, got {self.remat!r}")
+
+    @classmethod
+    def for_depth(cls, depth: int, **overrides) -> "VARConfig":
+        """The official ``build_vae_var`` sizing: width 64·d, d heads, drop-path 0.1·d/24."""
+        base = dict(depth=depth, embed_dim=64 * depth, num_heads=depth, drop_path_rate=0.1 * depth / 24)
+        return cls(**{**base, **overrides})
+
+    @property
+    def head_dim(self) -> int:
+        return self.embed_dim // self.num_heads
+
+    @property
+    def mlp_hidden(self) -> int:
+        return round(self.embed_dim * self.mlp_ratio)
+
+    @property
+    def seq_len(self) -> int:
+        return sum(pn * pn for pn in self.patch_nums)
+
+    @property
+    def std(self) -> float:
+        return self.init_std if self.init_std >= 0 else math.sqrt(1 / self.embed_dim / 3)
+
+    def begin_ends(self) -> list[tuple[int, int]]:
+        """[start, end) of each scale in the token sequence."""
+        out, cur = [], 0
+        for pn in self.patch_nums:
+            out.append((cur, cur + pn * pn))
+            cur += pn * pn
+        return out
+
+    def level_ids(self) -> np.ndarray:
+        """Scale index of every position (the official ``lvl_1L`` without its batch axis)."""
+        return np.concatenate([np.full(pn * pn, si) for si, pn in enumerate(self.patch_nums)]).astype(np.int32)
+
+    def attn_mask(self) -> np.ndarray:
+        """Block-causal mask (L, L): query q sees key k iff level(k) ≤ level(q)."""
+        lvl = self.level_ids()
+        return lvl[None, :] <= lvl[:, None]
+
+    def drop_path_rates(self) -> np.ndarray:
+        return np.linspace(0.0, self.drop_path_rate, self.depth, dtype=np.float32)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "VARConfig":
+        from var_jax.models.vqvae import _from_dict
+        return _from_dict(cls, d, ignore=("flash_if_available", "fused_if_available"))
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+# -- the per-block computation ------------------------------------------------------------------
+def layer_norm(x: jax.Array, eps: float) -> jax.Array:
+    """LayerNorm without affine parameters, in float32."""
+    x = x.astype(jnp.float32)
+    mean = jnp.mean(x, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+    return (x - mean) * jax.lax.rsqrt(var + eps)
+
+
+def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
+    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+
+
+def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
+    if key is None or rate <= 0.0:
+        return x
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
+
+
+def drop_path(x: jax.Array, rate: jax.Array, key: jax.Array | None) -> jax.Array:
+    """Stochastic depth per sample, scaled by 1/keep (timm's DropPath)."""
+    if key is None:
+        return x
+    keep = 1.0 - rate
+    mask = jax.random.bernoulli(key, keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+    return jnp.where(mask, x / keep, 0.0).astype(x.dtype)
+
+
+Attend = Callable[[jax.Array, jax.Array, jax.Array, float], jax.Array]
+
+
+def masked_attention(mask: jax.Array, drop_rate: float = 0.0, key: jax.Array | None = None) -> Attend:
+    """Attention of queries over keys under a boolean mask (L_q, L_k); softmax in float32."""
+
+    def attend(q, k, v, scale):
+        s = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
+        w = jax.nn.softmax(jnp.where(mask, s, -jnp.inf), axis=-1)
+        w = dropout(w, drop_rate, key)
+        return jnp.einsum("bhqk,bkhd->bqhd", w.astype(v.dtype), v, preferred_element_type=jnp.float32)
+
+    return attend
+
+
+def qkv_heads(p: dict, h: jax.Array, cfg: VARConfig, dtype) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Queries, keys and values (B, L, H, hd) of one block, normalised when ``attn_l2_norm``."""
+    C = cfg.embed_dim
+    kernel = p["mat_qkv"].reshape(C, 3 * C)
+    bias = jnp.concatenate([p["q_bias"].reshape(-1), jnp.zeros((C,), jnp.float32), p["v_bias"].reshape(-1)])
+    qkv = dense(h, kernel, bias, dtype).reshape(h.shape[0], h.shape[1], 3, cfg.num_heads, cfg.head_dim)
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    if cfg.attn_l2_norm:
+        temperature = jnp.exp(jnp.minimum(p["scale_mul"], MAX_SCALE_MUL))
+        q = l2_normalize(q) * temperature[:, None]
+        k = l2_normalize(k)
+    return q.astype(dtype), k.astype(dtype), v.astype(dtype)
+
+
+def attn_scale(cfg: VARConfig) -> float:
+    """Softmax scale: 1 with l2-normalised q, k (the temperature is learned), else 0.25/√head_dim."""
+    return 1.0 if cfg.attn_l2_norm else 0.25 / math.sqrt(cfg.head_dim)
+
+
+def block_forward(p: dict, x: jax.Array, ada_cond: jax.Array, cfg: VARConfig, attend: Attend, *,
+                  drop_path_rate: jax.Array | float = 0.0, key: jax.Array | None = None) -> jax.Array:
+    """One AdaLNSelfAttn block.  ``p`` holds one layer's parameters; ``ada_cond`` is the class
+    embedding (B, D), or with shared AdaLN the shared projection (B, 6, C).  ``key`` turns on the
+    training-time randomness (drop-path, dropout)."""
+    dtype = jnp.dtype(cfg.dtype)
+    B, C = x.shape[0], cfg.embed_dim
+    if cfg.shared_aln:
+        mods = p["ada_gss"][None] + ada_cond
+    else:
+        mods = dense(jax.nn.silu(ada_cond), p["ada_lin"]["kernel"], p["ada_lin"]["bias"], dtype).reshape(B, 6, C)
+    gamma1, gamma2, scale1, scale2, shift1, shift2 = (mods[:, i, None, :] for i in range(6))
+    keys = jax.random.split(key, 5) if key is not None else [None] * 5
+
+    h = layer_norm(x, cfg.norm_eps) * (1 + scale1) + shift1
+    q, k, v = qkv_heads(p["attn"], h, cfg, dtype)
+    o = attend(q, k, v, attn_scale(cfg))
+    o = jnp.einsum("blhd,hdc->blc", o.astype(dtype), p["attn"]["proj"]["kernel"].astype(dtype),
+                   preferred_element_type=jnp.float32) + p["attn"]["proj"]["bias"]
+    o = dropout(o, cfg.drop_rate, keys[0])
+    x = x + drop_path(o * gamma1, drop_path_rate, keys[1])
+
+    h = layer_norm(x, cfg.norm_eps) * (1 + scale2) + shift2
+    f = p["ffn"]
+    h = jax.nn.gelu(dense(h, f["fc1"]["kernel"], f["fc1"]["bias"], dtype), approximate=True)
+    h = dropout(dense(h, f["fc2"]["kernel"], f["fc2"]["bias"], dtype), cfg.drop_rate, keys[2])
+    return x + drop_path(h * gamma2, drop_path_rate, keys[3])
+
+
+# -- modules ------------------------------------------------------------------------------------
+class Blocks(nnx.Module):
+    """All ``depth`` blocks, every parameter stacked on a leading ``layers`` axis.
+
+    Shapes per layer: ``attn.mat_qkv`` (C, 3, H, hd), ``attn.q_bias``/``v_bias`` (H, hd),
+    ``attn.scale_mul`` (H,), ``attn.proj`` (H, hd, C), ``ffn.fc1`` (C, 4C), ``ffn.fc2`` (4C, C),
+    ``ada_lin`` (D, 6C) with chunks [γ1, γ2, scale1, scale2, shift1, shift2], or ``ada_gss`` (6, C).
+    """
+
+    def __init__(self, cfg: VARConfig, key: jax.Array):
+        d, C, H, hd, hidden, std = cfg.depth, cfg.embed_dim, cfg.num_heads, cfg.head_dim, cfg.mlp_hidden, cfg.std
+        k = iter(jax.random.split(key, 6))
+        out_scale = 1 / math.sqrt(2 * d)
+        self.attn = nnx.Dict(
+            mat_qkv=param(trunc_normal(next(k), (d, C, 3, H, hd), std), ("layers", "embed", None, "heads", None)),
+            q_bias=param(jnp.zeros((d, H, hd)), ("layers", "heads", None)),
+            v_bias=param(jnp.zeros((d, H, hd)), ("layers", "heads", None)),
+            proj=Linear(trunc_normal(next(k), (d, H, hd, C), std) * out_scale,
+                        ("layers", "heads", None, "embed"), ("layers", "embed")),
+        )
+        if cfg.attn_l2_norm:
+            self.attn["scale_mul"] = param(jnp.full((d, H), math.log(4.0)), ("layers", "heads"))
+        self.ffn = nnx.Dict(
+            fc1=Linear(trunc_normal(next(k), (d, C, hidden), std), ("layers", "embed", "mlp"), ("layers", "mlp")),
+            fc2=Linear(trunc_normal(next(k), (d, hidden, C), std) * out_scale,
+                       ("layers", "mlp", "embed"), ("layers", "embed")),
+        )
+        # AdaLN rows: gammas start near zero (init_adaln_gamma), scales and shifts at init_adaln.
+        chunk_scale = jnp.array([cfg.init_adaln_gamma] * 2 + [cfg.init_adaln] * 4, jnp.float32)
+        if cfg.shared_aln:
+            gss = jax.random.normal(next(k), (d, 6, C)) / math.sqrt(C)
+            self.ada_gss = param(gss * chunk_scale[:, None], ("layers", None, "embed"))
+        else:
+            w = trunc_normal(next(k), (d, C, 6, C), std) * chunk_scale[:, None]
+            self.ada_lin = Linear(w.reshape(d, C, 6 * C), ("layers", "embed", None), ("layers", None))
+
+
+def _remat(fn, policy: str):
+    if policy == "none":
+        return fn
+    if policy == "full":
+        return jax.checkpoint(fn)
+    return jax.checkpoint(fn, policy=getattr(jax.checkpoint_policies, policy))
+
+
+class VAR(nnx.Module):
+    def __init__(self, cfg: VARConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        C, std = cfg.embed_dim, cfg.std
+        k = iter(jax.random.split(rngs.params(), 10))
+        self.word_embed = Linear(trunc_normal(next(k), (cfg.Cvae, C), std), (None, "embed"), ("embed",))
+        self.class_emb = param(trunc_normal(next(k), (cfg.num_classes + 1, C), std), (None, "embed"))
+        self.pos_start = param(trunc_normal(next(k), (1, C), std), (None, "embed"))
+        self.pos_1LC = param(trunc_normal(next(k), (cfg.seq_len, C), std), (None, "embed"))
+        self.lvl_embed = param(trunc_normal(next(k), (len(cfg.patch_nums), C), std), (None, "embed"))
+        if cfg.shared_aln:
+            self.shared_ada_lin = Linear(trunc_normal(next(k), (C, 6 * C), std), ("embed", None), (None,))
+        self.blocks = Blocks(cfg, next(k))
+        self.head_nm = Linear(trunc_normal(next(k), (C, 2 * C), std) * cfg.init_adaln, ("embed", None), (None,))
+        self.head = Linear(trunc_normal(next(k), (C, cfg.vocab_size), std) * cfg.init_head,
+                           ("embed", "vocab"), ("vocab",))
+
+    # -- pieces shared with the sampler -------------------------------------------------------------
+    def class_embedding(self, label: jax.Array) -> jax.Array:
+        """(B,) labels in [0, num_classes] (num_classes = unconditional) → (B, C)."""
+        return jnp.take(self.class_emb[...], label, axis=0)
+
+    def ada_condition(self, cond: jax.Array) -> jax.Array:
+        """What the blocks are conditioned on: the class embedding, or its shared projection (B, 6, C)."""
+        if not self.cfg.shared_aln:
+            return cond
+        return self.shared_ada_lin(jax.nn.silu(cond)).reshape(cond.shape[0], 6, self.cfg.embed_dim)
+
+    def level_pos(self) -> jax.Array:
+        """Scale embedding plus absolute position of every token (L, C)."""
+        return jnp.take(self.lvl_embed[...], jnp.asarray(self.cfg.level_ids()), axis=0) + self.pos_1LC[...]
+
+    def logits(self, h: jax.Array, cond: jax.Array) -> jax.Array:
+        """head(AdaLN(h)) in float32; the AdaLN is driven by the raw class embedding even with shared AdaLN."""
+        scale, shift = jnp.split(self.head_nm(jax.nn.silu(cond))[:, None, :], 2, axis=-1)
+        h = layer_norm(h, self.cfg.norm_eps) * (1 + scale) + shift
+        return self.head(h, jnp.dtype(self.cfg.dtype))
+
+    def block_params(self) -> dict:
+        """The stacked block parameters as a plain nested dict of arrays (leading axis = layer)."""
+        return nnx.to_pure_dict(nnx.state(self.blocks, nnx.Param))
+
+    def run_blocks(self, x: jax.Array, ada_cond: jax.Array, attend: Attend, key: jax.Array | None = None):
+        """Scan the stacked blocks over x (B, L, C)."""
+        cfg = self.cfg
+        rates = jnp.asarray(cfg.drop_path_rates())
+        keys = None if key is None else jax.random.split(key, cfg.depth)
+
+        def body(h, xs):
+            p, rate, k = xs
+            return block_forward(p, h, ada_cond, cfg, attend, drop_path_rate=rate, key=k), None
+
+        x, _ = jax.lax.scan(_remat(body, cfg.remat), x, (self.block_params(), rates, keys))
+        return x
+
+    # -- teacher forcing ---------------------------------------------------------------------------
+    def __call__(self, label: jax.Array, x_tokens: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
+        """Teacher-forced logits (B, L, V).
+
+        ``label`` (B,) class ids; ``x_tokens`` (B, L - 1, Cvae) the teacher-forcing input from the
+        tokenizer (``idx_to_var_input``).  With ``key`` (training) labels are dropped to the null
+        class with ``cond_drop_rate`` and drop-path / dropout are active.
+        """
+        cfg = self.cfg
+        B = label.shape[0]
+        want = (B, cfg.seq_len - cfg.patch_nums[0] ** 2, cfg.Cvae)
+        if tuple(x_tokens.shape) != want:
+            raise ValueError(f"x_tokens must have shape {want} (batch, L - first scale, Cvae) for patch_nums "
+                             f"{cfg.patch_nums}, got {tuple(x_tokens.shape)}")
+        key_cond, key_blocks = jax.random.split(key) if key is not None else (None, None)
+        if key_cond is not None and cfg.cond_drop_rate > 0:
+            drop = jax.random.uniform(key_cond, (B,)) < cfg.cond_drop_rate
+            label = jnp.where(drop, cfg.num_classes, label)
+        cond = self.class_embedding(label)
+        sos = cond[:, None, :] + self.pos_start[...][None]
+        x = jnp.concatenate([sos, self.word_embed(x_tokens.astype(jnp.float32))], axis=1) + self.level_pos()[None]
+        mask = jnp.asarray(cfg.attn_mask())
+        x = self.run_blocks(x, self.ada_condition(cond), masked_attention(mask, cfg.attn_drop_rate, None), key_blocks)
+        return self.logits(x, cond)
