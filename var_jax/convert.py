@@ -13,8 +13,9 @@ from typing import Callable, Mapping
 
 import jax
 import numpy as np
-from flax import nnx, traverse_util
+from flax import nnx
 
+from var_jax.models.state import abstract_model, assign_flat_state, flat_state
 from var_jax.models.var import VAR, VARConfig
 from var_jax.models.vqvae import VQVAE, VQVAEConfig
 
@@ -62,7 +63,7 @@ def _phi_key(cfg: VQVAEConfig, k: int) -> str:
 def vae_entries(model: VQVAE) -> list[Entry]:
     """Every VQVAE parameter: our names mirror the official ones, so the map is a rename plus layout."""
     out = []
-    for path, leaf in traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(model, nnx.Param))).items():
+    for path in flat_state(model, nnx.Param):
         *mod, name = path
         if tuple(mod[:3]) == ("quantize", "quant_resi", "convs"):
             prefix = _phi_key(model.cfg, mod[3])
@@ -143,7 +144,7 @@ def _official_shape(entry: Entry, shape) -> tuple:
 
 def _load(model, entries: list[Entry], sd: Arrays, buffers: Callable[[dict], list[str]], what: str):
     """Fill ``model`` (possibly abstract) from ``sd``; raise one error listing every problem."""
-    pure = traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(model)))
+    pure = flat_state(model)
     known = {k for e in entries for k in e.keys}
     missing = [k for e in entries for k in e.keys if k not in sd]
     new, misshaped = {}, []
@@ -173,12 +174,10 @@ def _load(model, entries: list[Entry], sd: Arrays, buffers: Callable[[dict], lis
     if report:
         raise CheckpointMismatch(f"the {what} state dict does not match the configuration:\n" + "\n".join(report)
                                  + f"\n  (check the configuration: {_describe(model)})")
-    for path, leaf in pure.items():
+    for path, leaf in pure.items():  # statistics the checkpoint does not carry start at zero
         if path not in new:
-            new[path] = np.asarray(leaf) if isinstance(leaf, (np.ndarray, jax.Array)) else np.zeros(leaf.shape, leaf.dtype)
-    state = nnx.state(model)
-    nnx.replace_by_pure_dict(state, traverse_util.unflatten_dict(new))
-    nnx.update(model, state)
+            new[path] = np.zeros(leaf.shape, leaf.dtype)
+    assign_flat_state(model, new)
     return model
 
 
@@ -192,13 +191,9 @@ def _describe(model) -> str:
     return ", ".join(f"{k}={v}" for k, v in model.cfg.to_dict().items() if k not in ("dtype", "remat"))
 
 
-def _abstract(cls, cfg):
-    return nnx.eval_shape(lambda: cls(cfg, rngs=nnx.Rngs(0)))
-
-
 def vae_from_official(sd: Arrays, cfg: VQVAEConfig) -> VQVAE:
     """A VQVAE with the weights of an official ``VQVAE.state_dict()``."""
-    model = _abstract(VQVAE, cfg)
+    model = abstract_model(VQVAE, cfg)
 
     def buffers(new):
         hit = sd.get("quantize.ema_vocab_hit_SV")
@@ -212,7 +207,7 @@ def vae_from_official(sd: Arrays, cfg: VQVAEConfig) -> VQVAE:
 
 def var_from_official(sd: Arrays, cfg: VARConfig) -> VAR:
     """A VAR with the weights of an official ``VAR.state_dict()``."""
-    model = _abstract(VAR, cfg)
+    model = abstract_model(VAR, cfg)
 
     def buffers(_):
         bad = []
@@ -225,7 +220,7 @@ def var_from_official(sd: Arrays, cfg: VARConfig) -> VAR:
 
 
 def _export(model, entries: list[Entry]) -> dict[str, np.ndarray]:
-    pure = traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(model)))
+    pure = flat_state(model)
     out = {}
     for e in entries:
         for k, v in zip(e.keys, e.to_official(np.asarray(pure[e.path]))):
@@ -271,3 +266,52 @@ def read_pth(path: str, part: str | None = None) -> dict[str, np.ndarray]:
 def write_pth(sd: Arrays, path: str) -> None:
     torch = _torch()
     torch.save({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sd.items()}, path)
+
+
+# -- configurations read off a state dict ------------------------------------------------------------
+def infer_var_config(sd: Arrays, **overrides) -> VARConfig:
+    """The VAR configuration an official state dict was built with (the released models' training
+    settings for what a state dict cannot show, e.g. drop-path)."""
+    if "word_embed.weight" not in sd or "lvl_1L" not in sd:
+        raise CheckpointMismatch("not an official VAR state dict: it has no word_embed.weight / lvl_1L")
+    C, Cvae = sd["word_embed.weight"].shape
+    depth = sum(1 for k in sd if k.endswith(".attn.mat_qkv.weight"))
+    counts = np.bincount(np.asarray(sd["lvl_1L"]).reshape(-1))
+    patch_nums = tuple(int(round(c ** 0.5)) for c in counts)
+    l2 = "blocks.0.attn.scale_mul_1H11" in sd
+    heads = sd["blocks.0.attn.scale_mul_1H11"].shape[1] if l2 else C // 64
+    kw = dict(embed_dim=int(C), num_heads=int(heads), Cvae=int(Cvae), vocab_size=int(sd["head.weight"].shape[0]),
+              num_classes=int(sd["class_emb.weight"].shape[0]) - 1, patch_nums=patch_nums, attn_l2_norm=l2,
+              mlp_ratio=sd["blocks.0.ffn.fc1.weight"].shape[0] / C, shared_aln="shared_ada_lin.1.weight" in sd)
+    return VARConfig.for_depth(depth, **{**kw, **overrides})
+
+
+def infer_vae_config(sd: Arrays, v_patch_nums, **overrides) -> VQVAEConfig:
+    """The VQVAE configuration an official state dict was built with.  The state dict does not hold
+    the patch schedule (give the VAR's), ``quant_resi``'s ratio, ``beta`` or ``using_znorm``: those
+    keep the official defaults unless overridden."""
+    if "encoder.conv_in.weight" not in sd or "quantize.embedding.weight" not in sd:
+        raise CheckpointMismatch("not an official VQVAE state dict: it has no encoder.conv_in.weight / "
+                                 "quantize.embedding.weight")
+    ch = int(sd["encoder.conv_in.weight"].shape[0])
+    levels = sum(1 for k in sd if k.startswith("encoder.down.") and k.endswith(".block.0.conv1.weight"))
+    ch_mult = tuple(int(sd[f"encoder.down.{i}.block.0.conv1.weight"].shape[0]) // ch for i in range(levels))
+    num_res_blocks = sum(1 for k in sd if k.startswith("encoder.down.0.block.") and k.endswith(".conv1.weight"))
+    phis = [k for k in sd if k.startswith("quantize.quant_resi.") and k.endswith(".weight")]
+    kw: dict = {}
+    if not phis:
+        kw["quant_resi"] = 0.0
+    elif any(".qresi_ls." in k for k in phis):
+        kw["share_quant_resi"] = len(phis)
+    elif "quantize.quant_resi.qresi.weight" in phis:
+        kw["share_quant_resi"] = 1
+    else:
+        kw["share_quant_resi"] = 0
+        if len(phis) != len(v_patch_nums):
+            kw["default_qresi_counts"] = len(phis)
+    vocab, z = sd["quantize.embedding.weight"].shape
+    kw.update(vocab_size=int(vocab), z_channels=int(z), ch=ch, ch_mult=ch_mult, num_res_blocks=num_res_blocks,
+              quant_conv_ks=int(sd["quant_conv.weight"].shape[-1]), v_patch_nums=tuple(v_patch_nums),
+              using_sa=f"encoder.down.{levels - 1}.attn.0.qkv.weight" in sd,
+              using_mid_sa="encoder.mid.attn_1.qkv.weight" in sd)
+    return VQVAEConfig(**{**kw, **overrides})

@@ -23,8 +23,9 @@ MAX_SCALE_MUL = math.log(100.0)  # clamp of the learned attention temperature (l
 
 @dataclasses.dataclass(frozen=True)
 class VARConfig:
-    """Arguments of the official ``VAR`` constructor and ``init_weights``, plus a compute dtype and
-    a rematerialisation policy (``none``, ``full`` or a name in ``jax.checkpoint_policies``)."""
+    """Arguments of the official ``VAR`` constructor and ``init_weights`` with their defaults, plus a
+    compute dtype and a rematerialisation policy (``none``, ``full`` or a name in
+    ``jax.checkpoint_policies``).  :meth:`for_depth` gives the released models' settings."""
     vocab_size: int = 4096
     Cvae: int = 32
     num_classes: int = 1000
@@ -38,12 +39,12 @@ class VARConfig:
     norm_eps: float = 1e-6
     shared_aln: bool = False
     cond_drop_rate: float = 0.1
-    attn_l2_norm: bool = True
+    attn_l2_norm: bool = False
     patch_nums: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
     init_adaln: float = 0.5
     init_adaln_gamma: float = 1e-5
     init_head: float = 0.02
-    init_std: float = -1.0
+    init_std: float = 0.02  # < 0: sqrt(1 / (3·embed_dim))
     dtype: str = "float32"
     remat: str = "none"
 
@@ -58,8 +59,10 @@ class VARConfig:
 
     @classmethod
     def for_depth(cls, depth: int, **overrides) -> "VARConfig":
-        """The official ``build_vae_var`` sizing: width 64·d, d heads, drop-path 0.1·d/24."""
-        base = dict(depth=depth, embed_dim=64 * depth, num_heads=depth, drop_path_rate=0.1 * depth / 24)
+        """The official ``build_vae_var`` settings: width 64·d, d heads, drop-path 0.1·d/24,
+        l2-normalised attention and init_std = sqrt(1 / (3·width))."""
+        base = dict(depth=depth, embed_dim=64 * depth, num_heads=depth, drop_path_rate=0.1 * depth / 24,
+                    attn_l2_norm=True, init_std=-1.0)
         return cls(**{**base, **overrides})
 
     @property
@@ -136,19 +139,24 @@ def drop_path(x: jax.Array, rate: jax.Array, key: jax.Array | None) -> jax.Array
     return jnp.where(mask, x / keep, 0.0).astype(x.dtype)
 
 
-Attend = Callable[[jax.Array, jax.Array, jax.Array, float], jax.Array]
+# attend(q, k, v, scale, dropout_key) -> (output (B, Lq, H, hd), aux): the teacher-forced forward
+# attends under the block-causal mask; the sampler attends over its KV cache and returns the
+# updated cache as aux.
+Attend = Callable[[jax.Array, jax.Array, jax.Array, float, jax.Array | None], tuple[jax.Array, object]]
 
 
-def masked_attention(mask: jax.Array, drop_rate: float = 0.0, key: jax.Array | None = None) -> Attend:
-    """Attention of queries over keys under a boolean mask (L_q, L_k); softmax in float32."""
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, scale: float, mask: jax.Array | None = None,
+              drop_rate: float = 0.0, key: jax.Array | None = None) -> jax.Array:
+    """Softmax attention (B, L, H, hd), optionally under a boolean mask (Lq, Lk); softmax in float32."""
+    s = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
+    if mask is not None:
+        s = jnp.where(mask, s, -jnp.inf)
+    w = dropout(jax.nn.softmax(s, axis=-1), drop_rate, key)
+    return jnp.einsum("bhqk,bkhd->bqhd", w.astype(v.dtype), v, preferred_element_type=jnp.float32)
 
-    def attend(q, k, v, scale):
-        s = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
-        w = jax.nn.softmax(jnp.where(mask, s, -jnp.inf), axis=-1)
-        w = dropout(w, drop_rate, key)
-        return jnp.einsum("bhqk,bkhd->bqhd", w.astype(v.dtype), v, preferred_element_type=jnp.float32)
 
-    return attend
+def masked_attention(mask: jax.Array, drop_rate: float = 0.0) -> Attend:
+    return lambda q, k, v, scale, key: (attention(q, k, v, scale, mask, drop_rate, key), None)
 
 
 def qkv_heads(p: dict, h: jax.Array, cfg: VARConfig, dtype) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -171,10 +179,10 @@ def attn_scale(cfg: VARConfig) -> float:
 
 
 def block_forward(p: dict, x: jax.Array, ada_cond: jax.Array, cfg: VARConfig, attend: Attend, *,
-                  drop_path_rate: jax.Array | float = 0.0, key: jax.Array | None = None) -> jax.Array:
-    """One AdaLNSelfAttn block.  ``p`` holds one layer's parameters; ``ada_cond`` is the class
-    embedding (B, D), or with shared AdaLN the shared projection (B, 6, C).  ``key`` turns on the
-    training-time randomness (drop-path, dropout)."""
+                  drop_path_rate: jax.Array | float = 0.0, key: jax.Array | None = None):
+    """One AdaLNSelfAttn block → (x, the aux of ``attend``).  ``p`` holds one layer's parameters;
+    ``ada_cond`` is the class embedding (B, D), or with shared AdaLN the shared projection (B, 6, C).
+    ``key`` turns on the training-time randomness (drop-path, dropout)."""
     dtype = jnp.dtype(cfg.dtype)
     B, C = x.shape[0], cfg.embed_dim
     if cfg.shared_aln:
@@ -182,11 +190,11 @@ def block_forward(p: dict, x: jax.Array, ada_cond: jax.Array, cfg: VARConfig, at
     else:
         mods = dense(jax.nn.silu(ada_cond), p["ada_lin"]["kernel"], p["ada_lin"]["bias"], dtype).reshape(B, 6, C)
     gamma1, gamma2, scale1, scale2, shift1, shift2 = (mods[:, i, None, :] for i in range(6))
-    keys = jax.random.split(key, 5) if key is not None else [None] * 5
+    keys = jax.random.split(key, 5) if key is not None else [None] * 5  # proj, drop-path ×2, ffn, attn
 
     h = layer_norm(x, cfg.norm_eps) * (1 + scale1) + shift1
     q, k, v = qkv_heads(p["attn"], h, cfg, dtype)
-    o = attend(q, k, v, attn_scale(cfg))
+    o, aux = attend(q, k, v, attn_scale(cfg), keys[4])
     o = jnp.einsum("blhd,hdc->blc", o.astype(dtype), p["attn"]["proj"]["kernel"].astype(dtype),
                    preferred_element_type=jnp.float32) + p["attn"]["proj"]["bias"]
     o = dropout(o, cfg.drop_rate, keys[0])
@@ -196,7 +204,7 @@ def block_forward(p: dict, x: jax.Array, ada_cond: jax.Array, cfg: VARConfig, at
     f = p["ffn"]
     h = jax.nn.gelu(dense(h, f["fc1"]["kernel"], f["fc1"]["bias"], dtype), approximate=True)
     h = dropout(dense(h, f["fc2"]["kernel"], f["fc2"]["bias"], dtype), cfg.drop_rate, keys[2])
-    return x + drop_path(h * gamma2, drop_path_rate, keys[3])
+    return x + drop_path(h * gamma2, drop_path_rate, keys[3]), aux
 
 
 # -- modules ------------------------------------------------------------------------------------
@@ -294,7 +302,7 @@ class VAR(nnx.Module):
 
         def body(h, xs):
             p, rate, k = xs
-            return block_forward(p, h, ada_cond, cfg, attend, drop_path_rate=rate, key=k), None
+            return block_forward(p, h, ada_cond, cfg, attend, drop_path_rate=rate, key=k)[0], None
 
         x, _ = jax.lax.scan(_remat(body, cfg.remat), x, (self.block_params(), rates, keys))
         return x
@@ -321,5 +329,5 @@ class VAR(nnx.Module):
         sos = cond[:, None, :] + self.pos_start[...][None]
         x = jnp.concatenate([sos, self.word_embed(x_tokens.astype(jnp.float32))], axis=1) + self.level_pos()[None]
         mask = jnp.asarray(cfg.attn_mask())
-        x = self.run_blocks(x, self.ada_condition(cond), masked_attention(mask, cfg.attn_drop_rate, None), key_blocks)
+        x = self.run_blocks(x, self.ada_condition(cond), masked_attention(mask, cfg.attn_drop_rate), key_blocks)
         return self.logits(x, cond)

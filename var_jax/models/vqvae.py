@@ -19,11 +19,12 @@ from var_jax.models.quant import MultiScaleQuantizer, PatchNum, patch_hw
 
 @dataclasses.dataclass(frozen=True)
 class VQVAEConfig:
-    """Arguments of the official ``VQVAE`` constructor (plus its Encoder/Decoder's ``ch_mult``,
-    ``num_res_blocks`` and attention switches, and a compute dtype)."""
+    """Arguments of the official ``VQVAE`` constructor, with its defaults (the released tokenizer
+    differs only in ``ch=160``), plus its Encoder/Decoder's ``ch_mult``, ``num_res_blocks`` and
+    attention switches, and a compute dtype."""
     vocab_size: int = 4096
     z_channels: int = 32
-    ch: int = 160
+    ch: int = 128
     ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4)
     num_res_blocks: int = 2
     dropout: float = 0.0

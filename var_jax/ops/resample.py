@@ -62,7 +62,25 @@ def bicubic_matrix(n_in: int, n_out: int) -> np.ndarray:
     return m
 
 
-_MATRICES = {"area": area_matrix, "bicubic": bicubic_matrix}
+@functools.lru_cache(maxsize=None)
+def bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) matrix of ``F.interpolate(mode='bilinear', align_corners=False)``.
+
+    Unlike the cubic case, PyTorch clamps a negative source coordinate to 0.
+    """
+    m = np.zeros((n_out, n_in), np.float64)
+    scale = n_in / n_out
+    for i in range(n_out):
+        src = max((i + 0.5) * scale - 0.5, 0.0)
+        lo = min(math.floor(src), n_in - 1)
+        hi = min(lo + 1, n_in - 1)
+        frac = src - lo
+        m[i, lo] += 1.0 - frac
+        m[i, hi] += frac
+    return m
+
+
+_MATRICES = {"area": area_matrix, "bicubic": bicubic_matrix, "bilinear": bilinear_matrix}
 
 
 def resize(x: jax.Array, size: int | tuple[int, int], mode: str) -> jax.Array:

@@ -1,0 +1,90 @@
+"""Pretrained model directories: ``config.json`` plus one Orbax checkpoint per model.
+
+``save_pretrained(DIR, vae=..., var=...)`` writes ``DIR`` atomically (into a temporary sibling that
+is renamed when complete), and refuses to overwrite an existing directory.
+``load_pretrained(DIR)`` rebuilds the models from the saved configuration and restores them.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+from typing import NamedTuple
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from var_jax.models.state import abstract_model, assign_flat_state, flat_state, path_str
+from var_jax.models.var import VAR, VARConfig
+from var_jax.models.vqvae import VQVAE, VQVAEConfig
+
+CONFIG_FILE = "config.json"
+_MODELS = {"vae": (VQVAE, VQVAEConfig), "var": (VAR, VARConfig)}
+
+
+class Pretrained(NamedTuple):
+    vae: VQVAE | None
+    var: VAR | None
+    config: dict
+
+
+def save_pretrained(directory: str | os.PathLike, *, vae: VQVAE | None = None, var: VAR | None = None,
+                    extra: dict | None = None) -> pathlib.Path:
+    """Write the models and their configurations to a new directory."""
+    target = pathlib.Path(directory).absolute()
+    if target.exists() and any(target.iterdir()):
+        raise FileExistsError(f"{target} already exists and is not empty; choose a new directory (nothing was written)")
+    models = {name: m for name, m in (("vae", vae), ("var", var)) if m is not None}
+    if not models:
+        raise ValueError("nothing to save: pass vae=, var= or both")
+    config = {name: m.cfg.to_dict() for name, m in models.items()}
+    if vae is not None:
+        config["img_size"] = vae.cfg.image_size()
+    config.update(extra or {})
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=1))
+        with ocp.StandardCheckpointer() as ckpt:
+            for name, model in models.items():
+                ckpt.save(tmp / name, {path_str(p): v for p, v in flat_state(model).items()})
+            ckpt.wait_until_finished()
+        if target.exists():
+            target.rmdir()
+        tmp.rename(target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def load_pretrained(directory: str | os.PathLike, *, dtype: str | None = None) -> Pretrained:
+    """Load a directory written by :func:`save_pretrained` (or ``var-jax convert``).
+
+    ``dtype`` sets the compute dtype (e.g. ``bfloat16``); parameters stay float32.
+    """
+    root = pathlib.Path(directory).absolute()
+    config_path = root / CONFIG_FILE
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{root} is not a var-jax model directory: it has no {CONFIG_FILE} "
+                                f"(make one with `var-jax convert` or save_pretrained)")
+    config = json.loads(config_path.read_text())
+    loaded = {}
+    with ocp.StandardCheckpointer() as ckpt:
+        for name, (cls, cfg_cls) in _MODELS.items():
+            if name not in config:
+                loaded[name] = None
+                continue
+            cfg_dict = dict(config[name], **({"dtype": dtype} if dtype else {}))
+            model = abstract_model(cls, cfg_cls.from_dict(cfg_dict))
+            target = {path_str(p): jax.ShapeDtypeStruct(v.shape, v.dtype) for p, v in flat_state(model).items()}
+            try:
+                restored = ckpt.restore(root / name, target)
+            except (ValueError, KeyError, FileNotFoundError) as e:
+                raise ValueError(f"the {name} checkpoint in {root} does not match its {CONFIG_FILE}: {e}") from e
+            by_str = {path_str(p): p for p in flat_state(model)}
+            assign_flat_state(model, {by_str[k]: np.asarray(v) for k, v in restored.items()})
+            loaded[name] = model
+    return Pretrained(loaded["vae"], loaded["var"], config)

@@ -1,0 +1,33 @@
+"""Model state as flat dicts of arrays keyed by path tuples: the form checkpoints and the converter use."""
+from __future__ import annotations
+
+from typing import Mapping
+
+import jax
+import numpy as np
+from flax import nnx, traverse_util
+
+
+def abstract_model(cls, cfg):
+    """A model whose variables are shapes only: nothing is allocated."""
+    return nnx.eval_shape(lambda: cls(cfg, rngs=nnx.Rngs(0)))
+
+
+def flat_state(model, kind=nnx.Variable) -> dict[tuple, jax.Array | jax.ShapeDtypeStruct]:
+    """{path: value} of every variable of ``kind`` (parameters and statistics by default)."""
+    return traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(model, kind)))
+
+
+def assign_flat_state(model, flat: Mapping[tuple, np.ndarray | jax.Array]) -> None:
+    """Set every variable of ``model`` (abstract or concrete) from ``flat``, which must cover them all."""
+    state = nnx.state(model)
+    current = traverse_util.flatten_dict(nnx.to_pure_dict(state))
+    missing = sorted(".".join(map(str, p)) for p in current if p not in flat)
+    if missing:
+        raise KeyError(f"no value for {len(missing)} variable(s): {missing[:10]}")
+    nnx.replace_by_pure_dict(state, traverse_util.unflatten_dict({p: flat[p] for p in current}))
+    nnx.update(model, state)
+
+
+def path_str(path: tuple) -> str:
+    return "/".join(map(str, path))

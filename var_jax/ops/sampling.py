@@ -1,0 +1,38 @@
+"""Token sampling as the official ``sample_with_top_k_top_p_`` and ``gumbel_softmax_with_rng``."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def filter_top_k_top_p(logits: jax.Array, top_k: int = 0, top_p: float = 0.0) -> jax.Array:
+    """Set to -inf what top-k and then top-p remove, over the last axis.
+
+    top-k keeps every logit ≥ the k-th largest (ties survive).  top-p keeps the smallest set of the
+    largest logits whose probability reaches p: ascending, entries whose cumulative probability is
+    ≤ 1 - p go, and the most likely token always stays.  Exact ties at the top-p boundary are all
+    kept (the official order among equal values is unspecified).
+    """
+    if top_k > 0 and top_k < logits.shape[-1]:
+        kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
+        logits = jnp.where(logits < kth, -jnp.inf, logits)
+    if top_p > 0:
+        ascending = jnp.sort(logits, axis=-1)
+        cum = jnp.cumsum(jax.nn.softmax(ascending, axis=-1), axis=-1)
+        remove = (cum <= 1 - top_p).at[..., -1].set(False)
+        # The kept entries are a suffix of the ascending order: its first value is the cut-off.
+        first_kept = jnp.argmin(remove, axis=-1)[..., None]
+        cutoff = jnp.take_along_axis(ascending, first_kept, axis=-1)
+        logits = jnp.where(logits < cutoff, -jnp.inf, logits)
+    return logits
+
+
+def sample_categorical(key: jax.Array, logits: jax.Array) -> jax.Array:
+    """One draw per row from softmax(logits) (over the last axis)."""
+    return jax.random.categorical(key, logits, axis=-1)
+
+
+def gumbel_softmax(key: jax.Array, logits: jax.Array, tau: float) -> jax.Array:
+    """Soft Gumbel-softmax sample: softmax((logits + Gumbel noise) / tau)."""
+    g = jax.random.gumbel(key, logits.shape, jnp.float32)
+    return jax.nn.softmax((logits + g) / tau, axis=-1)

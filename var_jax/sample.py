@@ -1,0 +1,188 @@
+"""Sampling: one compiled XLA program per (models, batch, settings) runs every scale.
+
+The scales are unrolled in Python, each with its static shape; the KV cache of the whole sequence
+is preallocated and written at static offsets; classifier-free guidance doubles the batch with the
+official ramp t = cfg·k/(K-1), logits = (1 + t)·cond - t·uncond.  f̂ is accumulated and decoded to
+images inside the same program.  Zero-shot in-painting, out-painting and class-conditional editing
+teacher-force an image's own tokens where a mask says to keep them (the official notebook).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from var_jax.models.var import VAR, attention, block_forward
+from var_jax.models.vqvae import VQVAE
+from var_jax.ops.resample import resize
+from var_jax.ops.sampling import filter_top_k_top_p, gumbel_softmax, sample_categorical
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingSettings:
+    """``cfg``: guidance at the last scale (0 = none); ``top_k`` 0 = off; ``top_p`` 0 = off, else in
+    (0, 1]; ``more_smooth``: the official Gumbel-softmax mode for visualisation (not for FID)."""
+    cfg: float = 1.5
+    top_k: int = 0
+    top_p: float = 0.0
+    more_smooth: bool = False
+
+    def __post_init__(self):
+        if not self.cfg >= 0:
+            raise ValueError(f"cfg must be ≥ 0 (0 = no guidance), got {self.cfg}")
+        if int(self.top_k) != self.top_k or self.top_k < 0:
+            raise ValueError(f"top_k must be a whole number ≥ 0 (0 = off), got {self.top_k}")
+        if not 0 <= self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], or 0 to switch it off; got {self.top_p}")
+
+
+class SampleResult(NamedTuple):
+    images: jax.Array        # (B, H, W, 3): uint8, or float32 in [0, 1]
+    tokens: list[jax.Array]  # per scale (B, pn²), row-major
+    labels: jax.Array        # (B,) the classes used (num_classes = unconditional)
+
+
+# -- the traced program ---------------------------------------------------------------------------
+def _cached_blocks(var: VAR, params: dict, x, ada, cache, begin: int, end: int):
+    """Run every block on one scale's tokens (positions [begin, end)), writing their keys and values
+    into the cache and attending over positions [0, end)."""
+    cfg = var.cfg
+
+    def body(carry, xs):
+        h, ck, cv = carry
+        p, layer = xs
+
+        def attend(q, k, v, scale, _key):
+            at = (layer, 0, begin, 0, 0)
+            ck2 = jax.lax.dynamic_update_slice(ck, k[None].astype(ck.dtype), at)
+            cv2 = jax.lax.dynamic_update_slice(cv, v[None].astype(cv.dtype), at)
+            keys = jax.lax.dynamic_index_in_dim(ck2, layer, keepdims=False)[:, :end]
+            values = jax.lax.dynamic_index_in_dim(cv2, layer, keepdims=False)[:, :end]
+            return attention(q, keys, values, scale), (ck2, cv2)
+
+        h, (ck, cv) = block_forward(p, h, ada, cfg, attend)
+        return (h, ck, cv), None
+
+    (x, ck, cv), _ = jax.lax.scan(body, (x, *cache), (params, jnp.arange(cfg.depth)))
+    return x, (ck, cv)
+
+
+def generate(vae: VQVAE, var: VAR, labels: jax.Array, key: jax.Array, settings: SamplingSettings,
+             forced: Sequence[tuple[jax.Array, jax.Array]] | None = None):
+    """All scales for labels (B,) → (final f̂ (B, h, w, Cvae), token maps).  ``forced``, per scale,
+    (tokens (B, pn²), keep (B, pn²) bool): where keep is set the given token replaces the sample."""
+    cfg = var.cfg
+    B, SN, C = labels.shape[0], len(cfg.patch_nums), cfg.embed_dim
+    begin_ends = cfg.begin_ends()
+    codebook = vae.quantize.embedding.embedding[...]
+    cond = var.class_embedding(jnp.concatenate([labels, jnp.full_like(labels, cfg.num_classes)]))
+    ada = var.ada_condition(cond)
+    lvl_pos = var.level_pos()
+    x = (cond + var.pos_start[...] + lvl_pos[:1])[:, None, :]
+    cache_shape = (cfg.depth, 2 * B, cfg.seq_len, cfg.num_heads, cfg.head_dim)
+    cache = (jnp.zeros(cache_shape, cfg.dtype), jnp.zeros(cache_shape, cfg.dtype))
+    params = var.block_params()
+    side = cfg.patch_nums[-1]
+    f_hat = jnp.zeros((B, side, side, vae.cfg.z_channels), jnp.float32)
+    tokens = []
+    for si, (begin, end) in enumerate(begin_ends):
+        pn, ratio = cfg.patch_nums[si], si / (SN - 1)
+        x, cache = _cached_blocks(var, params, x, ada, cache, begin, end)
+        logits = var.logits(x, cond)
+        t = settings.cfg * ratio
+        logits = filter_top_k_top_p((1 + t) * logits[:B] - t * logits[B:], settings.top_k, settings.top_p)
+        key_idx, key_gumbel = jax.random.split(jax.random.fold_in(key, si))
+        idx = sample_categorical(key_idx, logits)
+        if settings.more_smooth:  # the categorical draw above still happens, as in the official code
+            tau = max(0.27 * (1 - 0.95 * ratio), 0.005)
+            h = jnp.matmul(gumbel_softmax(key_gumbel, logits * (1 + ratio), tau), codebook)
+        else:
+            h = jnp.take(codebook, idx, axis=0)
+        if forced is not None:
+            given, keep = forced[si]
+            idx = jnp.where(keep, given, idx)
+            h = jnp.where(keep[..., None], jnp.take(codebook, given, axis=0), h)
+        tokens.append(idx)
+        f_hat, nxt = vae.quantize.next_input(si, f_hat, h.reshape(B, pn, pn, -1))
+        if si < SN - 1:
+            nb, ne = begin_ends[si + 1]
+            x = var.word_embed(nxt.reshape(B, ne - nb, -1)) + lvl_pos[nb:ne]
+            x = jnp.concatenate([x, x])
+    return f_hat, tokens
+
+
+def to_uint8(images01: jax.Array) -> jax.Array:
+    """[0, 1] floats → uint8 with rounding (as torchvision's save_image)."""
+    return jnp.clip(jnp.floor(images01 * 255 + 0.5), 0, 255).astype(jnp.uint8)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdefs", "settings", "uint8"))
+def _sample_program(graphdefs, states, labels, key, forced, settings, uint8):
+    vae, var = nnx.merge(graphdefs[0], states[0]), nnx.merge(graphdefs[1], states[1])
+    f_hat, tokens = generate(vae, var, labels, key, settings, forced)
+    images = (vae.fhat_to_img(f_hat) + 1) / 2
+    return (to_uint8(images) if uint8 else images), tokens
+
+
+# -- the Python API -------------------------------------------------------------------------------
+class Sampler:
+    """Images from a tokenizer and a VAR; each (batch size, settings) compiles once.
+
+    >>> sampler = Sampler(vae, var, SamplingSettings(cfg=4, top_k=900, top_p=0.95))
+    >>> result = sampler([207, 360, 387], seed=0)
+    """
+
+    def __init__(self, vae: VQVAE, var: VAR, settings: SamplingSettings = SamplingSettings(), *,
+                 uint8: bool = True):
+        check_pair(vae, var)
+        self.num_classes = var.cfg.num_classes
+        self.settings, self.uint8 = settings, uint8
+        (g_vae, s_vae), (g_var, s_var) = nnx.split(vae), nnx.split(var)
+        self.graphdefs, self.states = (g_vae, g_var), (s_vae, s_var)
+
+    def labels(self, labels: Sequence[int] | np.ndarray | None, batch: int | None, key: jax.Array) -> jax.Array:
+        """Class ids → an int32 array; None draws ``batch`` uniformly; -1 (or num_classes) = unconditional."""
+        if labels is None:
+            if not batch:
+                raise ValueError("give labels, or batch= to draw random classes")
+            return jax.random.randint(jax.random.fold_in(key, -1), (batch,), 0, self.num_classes)
+        arr = np.asarray(labels, np.int64).reshape(-1)
+        bad = arr[(arr < -1) | (arr > self.num_classes)]
+        if bad.size:
+            raise ValueError(f"class id {int(bad[0])} is out of range: use 0..{self.num_classes - 1}, or -1 / "
+                             f"{self.num_classes} for unconditional")
+        return jnp.asarray(np.where(arr == -1, self.num_classes, arr), jnp.int32)
+
+    def __call__(self, labels=None, *, seed: int = 0, key: jax.Array | None = None, batch: int | None = None,
+                 forced=None) -> SampleResult:
+        key = jax.random.key(seed) if key is None else key
+        labels = self.labels(labels, batch, key)
+        images, tokens = _sample_program(self.graphdefs, self.states, labels, key, forced, self.settings, self.uint8)
+        return SampleResult(images, tokens, labels)
+
+    def lower(self, batch: int, forced=None):
+        """The program for ``batch`` images, lowered (``.compile()`` it to time compilation)."""
+        labels = jnp.zeros((batch,), jnp.int32)
+        return _sample_program.lower(self.graphdefs, self.states, labels, jax.random.key(0), forced,
+                                     self.settings, self.uint8)
+
+
+def check_pair(vae: VQVAE, var: VAR) -> None:
+    """A tokenizer and a VAR that can work together, or a clear error."""
+    if tuple(var.cfg.patch_nums) != tuple(vae.cfg.v_patch_nums):
+        raise ValueError(f"the VAR's patch_nums {var.cfg.patch_nums} differ from the tokenizer's v_patch_nums "
+                         f"{vae.cfg.v_patch_nums}")
+    if (var.cfg.vocab_size, var.cfg.Cvae) != (vae.cfg.vocab_size, vae.cfg.z_channels):
+        raise ValueError(f"the VAR expects vocab_size={var.cfg.vocab_size}, Cvae={var.cfg.Cvae}; the tokenizer has "
+                         f"vocab_size={vae.cfg.vocab_size}, z_channels={vae.cfg.z_channels}")
+
+
+def sample(vae: VQVAE, var: VAR, labels=None, *, seed: int = 0, batch: int | None = None,
+           **settings) -> SampleResult:
+    """One-call sampling: ``sample(vae, var, [207, 360], cfg=4, top_k=900, top_p=0.95)``."""
+    return Sampler(vae, var, SamplingSettings(**settings))(labels, seed=seed, batch=batch)
