@@ -47,6 +47,108 @@ def _convert(args: argparse.Namespace, overrides: list[str]) -> None:
     print(f"wrote {out} (load it with var_jax.load_pretrained({str(out)!r}))")
 
 
+def _load_models(args):
+    from var_jax.checkpoint import load_pretrained
+    vae, var, _ = load_pretrained(args.ckpt, dtype=args.dtype)
+    if vae is None or var is None:
+        raise ValueError(f"{args.ckpt} must hold both a tokenizer and a VAR (it has "
+                         f"{'a tokenizer' if vae is not None else 'a VAR' if var is not None else 'neither'})")
+    return vae, var
+
+
+def _settings(args):
+    from var_jax.sample import SamplingSettings
+    return SamplingSettings(cfg=args.cfg, top_k=args.top_k, top_p=args.top_p, more_smooth=args.more_smooth)
+
+
+def _sample(args: argparse.Namespace, overrides: list[str]) -> None:
+    import numpy as np
+
+    from var_jax.image_io import labelled_grid, save_png
+    from var_jax.sample import Sampler
+
+    settings = _settings(args)  # checked before the models are loaded
+    if args.num:
+        if not args.npz:
+            raise ValueError("--num writes an evaluation file: give --npz OUT.npz")
+        vae, var = _load_models(args)
+        from var_jax.sample_npz import write_evaluation_npz
+        write_evaluation_npz(Sampler(vae, var, settings), args.npz, num=args.num, per_class=args.per_class,
+                             batch=args.batch, seed=args.seed)
+        return
+    if not args.out:
+        raise ValueError("give --out GRID.png (or --num N --npz OUT.npz for an evaluation set)")
+    try:
+        classes = [int(c) for c in args.classes.split(",") if c.strip()] if args.classes else None
+    except ValueError:
+        raise ValueError(f"--classes takes comma-separated class ids, e.g. 207,360,387; got {args.classes!r}")
+    vae, var = _load_models(args)
+    sampler = Sampler(vae, var, settings)
+    classes = classes if classes is not None else list(np.random.default_rng(args.seed).integers(
+        0, var.cfg.num_classes, size=8))
+    labels = np.repeat(np.asarray(classes), args.per_class)
+    sampler.labels(labels, None, None)  # validates class ids before any compute
+    batch = args.batch or len(labels)
+    images, tokens = [], []
+    for i in range(0, len(labels), batch):
+        r = sampler(labels[i:i + batch], seed=args.seed + i)
+        images.append(np.asarray(r.images))
+        tokens.append([np.asarray(t) for t in r.tokens])
+    images = np.concatenate(images)
+    rows = [images[i * args.per_class:(i + 1) * args.per_class] for i in range(len(classes))]
+    names = ["uncond" if c in (-1, var.cfg.num_classes) else str(c) for c in classes]
+    save_png(labelled_grid(rows, names), args.out)
+    print(f"wrote {args.out} ({len(labels)} images)")
+    if args.png_dir:
+        for n, (img, c) in enumerate(zip(images, labels)):
+            save_png(img, pathlib.Path(args.png_dir) / f"{n:06d}_class{c}.png")
+        print(f"wrote {len(images)} PNGs to {args.png_dir}")
+    if args.tokens:
+        per_scale = {f"tokens_{k}": np.concatenate([t[k] for t in tokens]) for k in range(len(tokens[0]))}
+        np.savez(args.tokens, labels=labels, **per_scale)
+        print(f"wrote {args.tokens}")
+
+
+def _edit(args: argparse.Namespace, overrides: list[str]) -> None:
+    import jax.numpy as jnp
+    import numpy as np
+
+    from var_jax.data.transforms import load_rgb, resize_center_crop, to_model_range
+    from var_jax.image_io import save_png
+    from var_jax.sample import box_keep_mask, edit
+
+    settings = _settings(args)
+    if args.mode == "edit" and args.cls is None:
+        raise ValueError("--mode edit regenerates the box with a class: give --class K")
+    try:
+        box = [float(v) for v in args.box.split(",")]
+        assert len(box) == 4
+    except (ValueError, AssertionError):
+        raise ValueError(f"--box takes x0,y0,x1,y1 in pixels, e.g. 64,64,192,192; got {args.box!r}")
+    if not pathlib.Path(args.image).is_file():
+        raise FileNotFoundError(f"no such image: {args.image}")
+    vae, var = _load_models(args)
+    size = vae.cfg.image_size()
+    img = load_rgb(args.image)
+    if img.size != (size, size):
+        print(f"note: {args.image} is {img.size[0]}×{img.size[1]}; resized (shorter side to "
+              f"{round(1.125 * size)}, Lanczos) and centre-cropped to {size}×{size} as the paper's preprocessing; "
+              f"--box is in the coordinates of that {size}×{size} image")
+        img = resize_center_crop(img, size)
+    pixels = to_model_range(np.asarray(img))[None]
+    side = var.cfg.patch_nums[-1]
+    keep = box_keep_mask(box, size, side, args.mode)
+    label = None if args.cls is None else [args.cls]
+    result = edit(vae, var, jnp.asarray(pixels), keep, label, seed=args.seed, settings=settings)
+    save_png(np.asarray(result.images[0]), args.out)
+    print(f"wrote {args.out}")
+    if args.tokens:
+        source = vae.img_to_idx(jnp.asarray(pixels))
+        np.savez(args.tokens, keep=keep, **{f"tokens_{k}": np.asarray(t) for k, t in enumerate(result.tokens)},
+                 **{f"source_{k}": np.asarray(t) for k, t in enumerate(source)})
+        print(f"wrote {args.tokens}")
+
+
 def _parity(args: argparse.Namespace, overrides: list[str]) -> int:
     from var_jax import parity
     return parity.main([args.fixture])
@@ -70,6 +172,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to-official", action="store_true", help="write vae.pth / var.pth from --ckpt")
     p.add_argument("--ckpt", help="var-jax model directory (with --to-official)")
     p.set_defaults(run=_convert)
+
+    def sampling_options(p):
+        p.add_argument("--ckpt", required=True, help="var-jax model directory (from `var-jax convert` or training)")
+        p.add_argument("--cfg", type=float, default=1.5, help="classifier-free guidance at the last scale (default 1.5)")
+        p.add_argument("--top-k", type=int, default=900, help="0 = off (default 900)")
+        p.add_argument("--top-p", type=float, default=0.96, help="0 = off (default 0.96)")
+        p.add_argument("--more-smooth", action="store_true", help="Gumbel-softmax smoothing (visualisation only)")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--dtype", default=None, help="compute dtype, e.g. bfloat16 on GPU/TPU (default float32)")
+
+    p = sub.add_parser("sample", help="class-conditional samples: a labelled grid, or an evaluation .npz",
+                       description="Sample images. With --classes/--per-class: a labelled grid PNG (one row per "
+                                   "class). With --num N --npz OUT: N images, --per-class of each class in order, "
+                                   "in the ADM evaluation format (arr_0 uint8 NHWC, labels); resumable.")
+    sampling_options(p)
+    p.add_argument("--classes", help="comma-separated class ids; -1 = unconditional (default: 8 random classes)")
+    p.add_argument("--per-class", type=int, default=4)
+    p.add_argument("--batch", type=int, default=None, help="images per compiled call (default: all at once; 64 with --num)")
+    p.add_argument("--out", help="grid PNG")
+    p.add_argument("--png-dir", help="also write one PNG per image here")
+    p.add_argument("--tokens", help="also write the token maps to this .npz")
+    p.add_argument("--num", type=int, help="number of images for an evaluation set")
+    p.add_argument("--npz", help="evaluation output (.npz) with --num")
+    p.set_defaults(run=_sample)
+
+    p = sub.add_parser("edit", help="zero-shot in-painting, out-painting and class-conditional editing",
+                       description="Regenerate part of an image: inpaint (the box, unconditional), outpaint "
+                                   "(everything outside the box) or edit (the box, with --class).")
+    sampling_options(p)
+    p.add_argument("--image", required=True)
+    p.add_argument("--box", required=True, help="x0,y0,x1,y1 in pixels of the model-sized image")
+    p.add_argument("--mode", choices=("inpaint", "outpaint", "edit"), default="inpaint")
+    p.add_argument("--class", dest="cls", type=int, help="class for --mode edit (default: unconditional)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--tokens", help="also write the result's and the image's token maps and the keep mask (.npz)")
+    p.set_defaults(run=_edit)
 
     p = sub.add_parser("parity", help="check against tensors recorded from the official code")
     p.add_argument("fixture")

@@ -73,9 +73,10 @@ def _cached_blocks(var: VAR, params: dict, x, ada, cache, begin: int, end: int):
 
 
 def generate(vae: VQVAE, var: VAR, labels: jax.Array, key: jax.Array, settings: SamplingSettings,
-             forced: Sequence[tuple[jax.Array, jax.Array]] | None = None):
-    """All scales for labels (B,) → (final f̂ (B, h, w, Cvae), token maps).  ``forced``, per scale,
-    (tokens (B, pn²), keep (B, pn²) bool): where keep is set the given token replaces the sample."""
+             forced: Sequence[tuple[jax.Array, jax.Array]] | None = None, *, with_logits: bool = False):
+    """All scales for labels (B,) → (final f̂ (B, h, w, Cvae), token maps[, guided logits per scale]).
+    ``forced``, per scale, (tokens (B, pn²), keep (B, pn²) bool): where keep is set the given token
+    replaces the sample."""
     cfg = var.cfg
     B, SN, C = labels.shape[0], len(cfg.patch_nums), cfg.embed_dim
     begin_ends = cfg.begin_ends()
@@ -89,13 +90,15 @@ def generate(vae: VQVAE, var: VAR, labels: jax.Array, key: jax.Array, settings: 
     params = var.block_params()
     side = cfg.patch_nums[-1]
     f_hat = jnp.zeros((B, side, side, vae.cfg.z_channels), jnp.float32)
-    tokens = []
+    tokens, all_logits = [], []
     for si, (begin, end) in enumerate(begin_ends):
         pn, ratio = cfg.patch_nums[si], si / (SN - 1)
         x, cache = _cached_blocks(var, params, x, ada, cache, begin, end)
         logits = var.logits(x, cond)
         t = settings.cfg * ratio
-        logits = filter_top_k_top_p((1 + t) * logits[:B] - t * logits[B:], settings.top_k, settings.top_p)
+        logits = (1 + t) * logits[:B] - t * logits[B:]
+        all_logits.append(logits)
+        logits = filter_top_k_top_p(logits, settings.top_k, settings.top_p)
         key_idx, key_gumbel = jax.random.split(jax.random.fold_in(key, si))
         idx = sample_categorical(key_idx, logits)
         if settings.more_smooth:  # the categorical draw above still happens, as in the official code
@@ -113,7 +116,7 @@ def generate(vae: VQVAE, var: VAR, labels: jax.Array, key: jax.Array, settings: 
             nb, ne = begin_ends[si + 1]
             x = var.word_embed(nxt.reshape(B, ne - nb, -1)) + lvl_pos[nb:ne]
             x = jnp.concatenate([x, x])
-    return f_hat, tokens
+    return (f_hat, tokens, all_logits) if with_logits else (f_hat, tokens)
 
 
 def to_uint8(images01: jax.Array) -> jax.Array:
@@ -186,3 +189,59 @@ def sample(vae: VQVAE, var: VAR, labels=None, *, seed: int = 0, batch: int | Non
            **settings) -> SampleResult:
     """One-call sampling: ``sample(vae, var, [207, 360], cfg=4, top_k=900, top_p=0.95)``."""
     return Sampler(vae, var, SamplingSettings(**settings))(labels, seed=seed, batch=batch)
+
+
+# -- zero-shot editing ----------------------------------------------------------------------------
+EDIT_MODES = ("inpaint", "outpaint", "edit")
+
+
+def box_keep_mask(box: Sequence[float], image_size: int, side: int, mode: str) -> np.ndarray:
+    """(side, side) mask at the last token grid, 1 = keep the image's token, for a pixel box
+    (x0, y0, x1, y1).  In-painting and editing regenerate the box; out-painting keeps only the box.
+    The box is rounded to the grid as the official notebook's ``get_edit_mask``."""
+    if mode not in EDIT_MODES:
+        raise ValueError(f"mode must be one of {EDIT_MODES}, got {mode!r}")
+    x0, y0, x1, y1 = (float(v) for v in box)
+    if not (0 <= x0 < x1 <= image_size and 0 <= y0 < y1 <= image_size):
+        raise ValueError(f"the box (x0, y0, x1, y1) = {tuple(box)} must satisfy 0 ≤ x0 < x1 ≤ {image_size} and "
+                         f"0 ≤ y0 < y1 ≤ {image_size} (pixels of the {image_size}×{image_size} model image)")
+    inside = np.zeros((side, side), np.float32)
+    grid = lambda v: round(v / image_size * side)
+    inside[grid(y0):grid(y1), grid(x0):grid(x1)] = 1
+    return inside if mode == "outpaint" else 1 - inside
+
+
+def pixel_keep_mask(mask: np.ndarray, side: int) -> np.ndarray:
+    """A pixel mask (H, W) or (B, H, W), 1 = keep, → the fraction kept in each cell of the last grid."""
+    mask = np.asarray(mask, np.float32)
+    squeeze = mask.ndim == 2
+    m = resize(jnp.asarray(mask if not squeeze else mask[None])[..., None], side, "area")[..., 0]
+    return np.asarray(m[0] if squeeze else m)
+
+
+def scale_keep_masks(keep: np.ndarray, patch_nums: Sequence[int], batch: int) -> list[jax.Array]:
+    """The last-grid keep mask brought to every scale as the official notebook does: bilinear, then
+    > 0.5; scales of at most 3 tokens always keep the image's tokens.  → per scale (B, pn²) bool."""
+    keep = jnp.asarray(keep, jnp.float32)
+    keep = jnp.broadcast_to(keep, (batch, *keep.shape[-2:]))
+    out = []
+    for pn in patch_nums:
+        if pn * pn <= 3:
+            m = jnp.ones((batch, pn, pn), bool)
+        else:
+            m = resize(keep[..., None], pn, "bilinear")[..., 0] > 0.5
+        out.append(m.reshape(batch, pn * pn))
+    return out
+
+
+def edit(vae: VQVAE, var: VAR, images: jax.Array, keep: np.ndarray, labels=None, *, seed: int = 0,
+         settings: SamplingSettings = SamplingSettings(), uint8: bool = True) -> SampleResult:
+    """Zero-shot editing of ``images`` (B, H, W, 3) in [-1, 1]: the image's own tokens are kept where
+    ``keep`` (last token grid, (side, side) or (B, side, side); see :func:`box_keep_mask`) says so,
+    the rest is sampled.  ``labels`` None = unconditional."""
+    B = images.shape[0]
+    sampler = Sampler(vae, var, settings, uint8=uint8)
+    labels = [-1] * B if labels is None else labels
+    tokens = vae.img_to_idx(images)
+    masks = scale_keep_masks(keep, var.cfg.patch_nums, B)
+    return sampler(labels, seed=seed, forced=[(t.astype(jnp.int32), m) for t, m in zip(tokens, masks)])
