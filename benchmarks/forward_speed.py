@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from var_jax.config import load_config, model_configs
+from var_jax.models.state import init_model
 from var_jax.models.var import VAR
 
 
@@ -26,7 +27,7 @@ def main():
     args, overrides = ap.parse_known_args()
     _, var_cfg = model_configs(load_config(args.config, overrides))
     var_cfg = type(var_cfg).from_dict({**var_cfg.to_dict(), "dtype": args.dtype})
-    model = VAR(var_cfg, rngs=nnx.Rngs(0))
+    model = init_model(VAR, var_cfg)
     graphdef, state = nnx.split(model)
 
     @jax.jit

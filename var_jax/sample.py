@@ -78,7 +78,7 @@ def generate(vae: VQVAE, var: VAR, labels: jax.Array, key: jax.Array, settings: 
     ``forced``, per scale, (tokens (B, pn²), keep (B, pn²) bool): where keep is set the given token
     replaces the sample."""
     cfg = var.cfg
-    B, SN, C = labels.shape[0], len(cfg.patch_nums), cfg.embed_dim
+    B, SN = labels.shape[0], len(cfg.patch_nums)
     begin_ends = cfg.begin_ends()
     codebook = vae.quantize.embedding.embedding[...]
     cond = var.class_embedding(jnp.concatenate([labels, jnp.full_like(labels, cfg.num_classes)]))
@@ -153,7 +153,7 @@ class Sampler:
         if labels is None:
             if not batch:
                 raise ValueError("give labels, or batch= to draw random classes")
-            return jax.random.randint(jax.random.fold_in(key, -1), (batch,), 0, self.num_classes)
+            return jax.random.randint(jax.random.fold_in(key, 0x7FFFFFFF), (batch,), 0, self.num_classes)
         arr = np.asarray(labels, np.int64).reshape(-1)
         bad = arr[(arr < -1) | (arr > self.num_classes)]
         if bad.size:

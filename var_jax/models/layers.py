@@ -19,7 +19,7 @@ Names = Sequence[str | None]
 def param(value: jax.Array, names: Names) -> nnx.Param:
     if len(names) != value.ndim:
         raise ValueError(f"{len(names)} axis names {tuple(names)} for a parameter of shape {value.shape}")
-    return nnx.Param(value, sharding_names=tuple(names), eager_sharding=False)
+    return nnx.Param(value, out_sharding=tuple(names), eager_sharding=False)
 
 
 def trunc_normal(key: jax.Array, shape: Sequence[int], std: float) -> jax.Array:

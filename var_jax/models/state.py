@@ -31,3 +31,11 @@ def assign_flat_state(model, flat: Mapping[tuple, np.ndarray | jax.Array]) -> No
 
 def path_str(path: tuple) -> str:
     return "/".join(map(str, path))
+
+
+def init_model(cls, cfg, seed: int = 0):
+    """A freshly initialised model, built by one compiled program (eager construction compiles every
+    initialiser separately, which dominates start-up on CPU)."""
+    graphdef, _ = nnx.split(abstract_model(cls, cfg))
+    state = jax.jit(lambda: nnx.state(cls(cfg, rngs=nnx.Rngs(seed))))()
+    return nnx.merge(graphdef, state)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from typing import Callable, Sequence
+from typing import Callable
 
 import jax
 import jax.numpy as jnp

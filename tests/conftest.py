@@ -1,0 +1,128 @@
+"""Shared fixtures: the official reference tensors, tiny model configurations and small helpers.
+
+Everything here is cheap to build; nothing allocates a released-size model.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+import types
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from var_jax.models.state import assign_flat_state, flat_state
+from var_jax.models.var import VARConfig
+from var_jax.models.vqvae import VQVAEConfig
+
+FIXTURE_PATH = pathlib.Path(__file__).resolve().parent / "fixtures" / "official_tiny.npz"
+
+
+# -- the recorded official tensors ------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def fixture_path() -> pathlib.Path:
+    return FIXTURE_PATH
+
+
+@pytest.fixture(scope="session")
+def official(fixture_path):
+    """The fixture as an open ``NpzFile`` (what ``var_jax.parity.run_checks`` takes)."""
+    with np.load(fixture_path) as fx:
+        yield fx
+
+
+@pytest.fixture(scope="session")
+def official_config(official) -> dict:
+    return json.loads(str(official["config_json"]))
+
+
+def _prefixed(fx, prefix: str) -> dict[str, np.ndarray]:
+    return {k[len(prefix):]: fx[k] for k in fx.files if k.startswith(prefix)}
+
+
+@pytest.fixture
+def official_vae_sd(official) -> dict[str, np.ndarray]:
+    """The official VQVAE state dict (a fresh dict each test, so tests may edit it)."""
+    return _prefixed(official, "vae/")
+
+
+@pytest.fixture
+def official_var_sd(official) -> dict[str, np.ndarray]:
+    """The official VAR state dict (a fresh dict each test, so tests may edit it)."""
+    return _prefixed(official, "var/")
+
+
+@pytest.fixture(scope="session")
+def official_configs(official_config) -> tuple[VQVAEConfig, VARConfig]:
+    """Our configurations for the fixture, built here from its JSON (not through var_jax.parity)."""
+    vae = VQVAEConfig(**official_config["vae"])
+    var = VARConfig(**official_config["var"], patch_nums=vae.v_patch_nums, vocab_size=vae.vocab_size,
+                    Cvae=vae.z_channels)
+    return vae, var
+
+
+# -- tiny configurations ------------------------------------------------------------------------------
+def tiny_var_config(**overrides) -> VARConfig:
+    """A VAR small enough to run eagerly in well under a second: L = 1 + 4 + 9 = 14 tokens."""
+    base = dict(vocab_size=16, Cvae=8, num_classes=5, depth=2, embed_dim=32, num_heads=2, patch_nums=(1, 2, 3))
+    return VARConfig(**{**base, **overrides})
+
+
+def tiny_vae_config(**overrides) -> VQVAEConfig:
+    """A VQVAE on 8×8 images with a 4×4 latent and three scales."""
+    base = dict(vocab_size=16, z_channels=8, ch=32, ch_mult=(1, 2), num_res_blocks=1, v_patch_nums=(1, 2, 4))
+    return VQVAEConfig(**{**base, **overrides})
+
+
+@pytest.fixture(scope="session")
+def tiny_var():
+    return tiny_var_config
+
+
+@pytest.fixture(scope="session")
+def tiny_vae():
+    return tiny_vae_config
+
+
+# -- helpers ------------------------------------------------------------------------------------------
+def randomize(model, seed: int = 0) -> None:
+    """Give every floating-point variable of ``model`` (concrete or abstract) random values, in place.
+
+    Fresh models have many all-zero / all-one tensors (biases, norm scales), which would hide a
+    parameter that ends up in the wrong place; random values make every leaf unique.  Integer
+    variables (counters) keep their value, or become zeros in an abstract model.
+    """
+    rng = np.random.default_rng(seed)
+    new = {}
+    for path, value in flat_state(model).items():
+        if np.issubdtype(value.dtype, np.floating):
+            new[path] = rng.normal(0.0, 0.5, value.shape).astype(value.dtype)
+        elif isinstance(value, jax.ShapeDtypeStruct):
+            new[path] = np.zeros(value.shape, value.dtype)
+        else:
+            new[path] = np.asarray(value)
+    assign_flat_state(model, new)
+
+
+def assert_same_params(a, b) -> None:
+    """Both models have the same variables, each bit-for-bit equal."""
+    fa, fb = flat_state(a), flat_state(b)
+    assert sorted(map(str, fa)) == sorted(map(str, fb))
+    for path in fa:
+        va, vb = np.asarray(fa[path]), np.asarray(fb[path])
+        assert va.shape == vb.shape and va.dtype == vb.dtype, path
+        assert np.array_equal(va, vb), f"{path} differs"
+
+
+def param_count(model) -> int:
+    """Number of parameters (not statistics) of a concrete or abstract model."""
+    return sum(int(np.prod(v.shape)) for v in flat_state(model, nnx.Param).values())
+
+
+@pytest.fixture(scope="session")
+def helpers():
+    """The helper functions above, for test modules (``helpers.randomize(model)``)."""
+    return types.SimpleNamespace(randomize=randomize, assert_same_params=assert_same_params,
+                                 param_count=param_count)

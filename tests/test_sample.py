@@ -1,0 +1,287 @@
+"""The compiled sampler, top-k/top-p, zero-shot editing, the sample/edit command and evaluation sets."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from var_jax import checkpoint
+from var_jax.cli import main as cli
+from var_jax.convert import vae_from_official, var_from_official
+from var_jax.models.var import VAR
+from var_jax.models.vqvae import VQVAE
+from var_jax.ops.resample import bilinear_matrix
+from var_jax.ops.sampling import filter_top_k_top_p
+from var_jax.sample import (Sampler, SamplingSettings, box_keep_mask, edit, generate, scale_keep_masks)
+from var_jax.sample_npz import write_evaluation_npz
+
+# float32 models against float32 models computed along another path: 1e-4 is the parity tolerance,
+# about 100x the differences seen (summation order of attention over the cache vs under the mask).
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def official_models(official, official_configs):
+    vae_cfg, var_cfg = official_configs
+    sd = lambda p: {k[len(p):]: official[k] for k in official.files if k.startswith(p)}
+    return vae_from_official(sd("vae/"), vae_cfg), var_from_official(sd("var/"), var_cfg)
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tiny_vae, tiny_var):
+    """A random tokenizer (8x8 images, scales 1,2,4) and a matching VAR with shared AdaLN."""
+    vae = VQVAE(tiny_vae(), rngs=nnx.Rngs(0))
+    var = VAR(tiny_var(patch_nums=(1, 2, 4), shared_aln=True, attn_l2_norm=False, init_adaln_gamma=0.5,
+                       init_head=1.0), rngs=nnx.Rngs(1))
+    return vae, var
+
+
+def _cached_vs_teacher_forced(vae, var, tokens, labels):
+    keep_all = [(t.astype(jnp.int32), jnp.ones(t.shape, bool)) for t in tokens]
+    with jax.default_matmul_precision("highest"):
+        _, out_tokens, logits = generate(vae, var, labels, jax.random.key(0), SamplingSettings(cfg=0.0),
+                                         keep_all, with_logits=True)
+        reference = var(labels, vae.quantize.idx_to_var_input(tokens))
+    for (begin, end), got in zip(var.cfg.begin_ends(), logits):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(reference[:, begin:end]), atol=TOL, rtol=0)
+    for a, b in zip(out_tokens, tokens):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_cached_logits_equal_teacher_forced_on_the_fixture(official, official_models):
+    vae, var = official_models
+    tokens = [jnp.asarray(official[f"idx/{k}"]) for k in range(len(var.cfg.patch_nums))]
+    _cached_vs_teacher_forced(vae, var, tokens, jnp.asarray(official["label"]))
+
+
+def test_cached_logits_equal_teacher_forced_shared_aln_without_l2_norm(tiny_models):
+    vae, var = tiny_models
+    rng = np.random.default_rng(0)
+    tokens = [jnp.asarray(rng.integers(0, 16, (3, pn * pn))) for pn in var.cfg.patch_nums]
+    _cached_vs_teacher_forced(vae, var, tokens, jnp.asarray([0, 3, var.cfg.num_classes]))
+
+
+def test_greedy_sampling_equals_the_official_tokens_and_image(official, official_config, official_models):
+    vae, var = official_models
+    settings = SamplingSettings(cfg=official_config["sample"]["cfg"], top_k=1)
+    with jax.default_matmul_precision("highest"):
+        result = Sampler(vae, var, settings, uint8=False)(official["sample/labels"])
+    for k, t in enumerate(result.tokens):
+        np.testing.assert_array_equal(np.asarray(t), official[f"sample/idx/{k}"])
+    np.testing.assert_allclose(np.asarray(result.images).transpose(0, 3, 1, 2), official["sample/img"], atol=TOL)
+
+
+def test_same_seed_same_images_other_seed_other_images(tiny_models):
+    sampler = Sampler(*tiny_models, SamplingSettings(cfg=2.0, top_k=8, top_p=0.9))
+    a, b, c = sampler([0, 1], seed=3), sampler([0, 1], seed=3), sampler([0, 1], seed=4)
+    assert a.images.dtype == jnp.uint8 and a.images.shape == (2, 8, 8, 3)
+    np.testing.assert_array_equal(np.asarray(a.images), np.asarray(b.images))
+    assert any(not np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a.tokens, c.tokens))
+
+
+def test_random_and_unconditional_labels(tiny_models):
+    sampler = Sampler(*tiny_models)
+    drawn = sampler(None, batch=6, seed=0).labels
+    assert drawn.shape == (6,) and int(drawn.min()) >= 0 and int(drawn.max()) < 5
+    assert list(np.asarray(sampler([-1, 5, 2]).labels)) == [5, 5, 2]
+    with pytest.raises(ValueError, match="class id 6 is out of range: use 0..4"):
+        sampler([6])
+    with pytest.raises(ValueError, match="batch="):
+        sampler(None)
+
+
+def test_more_smooth_runs_and_changes_the_result(tiny_models):
+    plain = Sampler(*tiny_models, SamplingSettings(cfg=1.0))([1, 2], seed=0)
+    smooth = Sampler(*tiny_models, SamplingSettings(cfg=1.0, more_smooth=True))([1, 2], seed=0)
+    assert smooth.images.shape == plain.images.shape
+    assert not np.array_equal(np.asarray(smooth.images), np.asarray(plain.images))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(cfg=-1.0), "cfg must be ≥ 0"),
+    (dict(top_k=-3), "top_k must be a whole number ≥ 0"),
+    (dict(top_p=1.5), r"top_p must be in \(0, 1\]"),
+    (dict(top_p=-0.1), r"top_p must be in \(0, 1\]"),
+])
+def test_bad_settings_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SamplingSettings(**kwargs)
+
+
+def _official_filter(logits: np.ndarray, top_k: int, top_p: float) -> np.ndarray:
+    """The official sample_with_top_k_top_p_ masking, row by row in float64 NumPy."""
+    out = logits.astype(np.float64).copy()
+    for row in out.reshape(-1, out.shape[-1]):
+        if top_k > 0:
+            row[row < np.sort(row)[-top_k]] = -np.inf
+        if top_p > 0:
+            order = np.argsort(row, kind="stable")
+            p = np.exp(row[order] - row.max())
+            remove = np.cumsum(p / p.sum()) <= 1 - top_p
+            remove[-1] = False
+            row[order[remove]] = -np.inf
+    return out
+
+
+@pytest.mark.parametrize("top_k, top_p", [(0, 0.0), (5, 0.0), (0, 0.7), (7, 0.9), (1, 0.0), (0, 1.0)])
+def test_top_k_top_p_match_the_official_rule(top_k, top_p):
+    logits = np.random.default_rng(top_k).normal(size=(3, 4, 40)).astype(np.float32) * 3
+    ours = np.asarray(filter_top_k_top_p(jnp.asarray(logits), top_k, top_p))
+    np.testing.assert_array_equal(np.isinf(ours), np.isinf(_official_filter(logits, top_k, top_p)))
+    np.testing.assert_array_equal(ours[~np.isinf(ours)], logits[~np.isinf(ours)])
+
+
+def test_top_k_keeps_ties():
+    logits = jnp.asarray([[1.0, 3.0, 3.0, 2.0, 3.0]])
+    kept = ~np.isinf(np.asarray(filter_top_k_top_p(logits, top_k=1)))
+    assert kept.tolist() == [[False, True, True, False, True]]
+
+
+def test_bilinear_matrix_is_pytorch_align_corners_false():
+    # F.interpolate(mode='bilinear', align_corners=False) from 2 to 4: the first source coordinate
+    # -0.25 is clamped to 0, the last (1.25) reads only the last input.
+    np.testing.assert_allclose(bilinear_matrix(2, 4), [[1, 0], [0.75, 0.25], [0.25, 0.75], [0, 1]])
+    np.testing.assert_allclose(bilinear_matrix(4, 2), [[0.5, 0.5, 0, 0], [0, 0, 0.5, 0.5]])
+
+
+def test_box_masks_follow_the_official_rounding():
+    inpaint = box_keep_mask((8, 8, 24, 24), 32, 8, "inpaint")
+    assert inpaint.sum() == 64 - 16 and not inpaint[2:6, 2:6].any()
+    np.testing.assert_array_equal(box_keep_mask((8, 8, 24, 24), 32, 8, "outpaint"), 1 - inpaint)
+    with pytest.raises(ValueError, match="must satisfy 0 ≤ x0 < x1 ≤ 32"):
+        box_keep_mask((8, 8, 40, 24), 32, 8, "inpaint")
+    with pytest.raises(ValueError, match="mode must be one of"):
+        box_keep_mask((8, 8, 24, 24), 32, 8, "paint")
+
+
+def test_scale_masks_force_the_tiny_scales():
+    masks = scale_keep_masks(np.zeros((4, 4)), (1, 2, 4), batch=2)
+    assert masks[0].all() and not masks[1].any() and not masks[2].any()
+    assert [m.shape for m in masks] == [(2, 1), (2, 4), (2, 16)]
+
+
+def test_edit_keeps_the_image_tokens_where_asked(tiny_models):
+    vae, var = tiny_models
+    images = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2, 8, 8, 3)).astype(np.float32))
+    keep = box_keep_mask((2, 2, 6, 6), 8, 4, "inpaint")
+    result = edit(vae, var, images, keep, [1, 2], settings=SamplingSettings(cfg=1.0, top_k=4))
+    source = vae.img_to_idx(images)
+    for got, src, mask in zip(result.tokens, source, scale_keep_masks(keep, var.cfg.patch_nums, 2)):
+        mask = np.asarray(mask)
+        np.testing.assert_array_equal(np.asarray(got)[mask], np.asarray(src)[mask])
+
+
+@pytest.fixture(scope="module")
+def digits_model_dir(tmp_path_factory, tiny_vae, tiny_var):
+    """A random tokenizer and VAR for 32x32 images with scales 1,2,3,4,6,8, saved as a model directory."""
+    vae = VQVAE(tiny_vae(ch_mult=(1, 2, 2), v_patch_nums=(1, 2, 3, 4, 6, 8)), rngs=nnx.Rngs(0))
+    var = VAR(tiny_var(patch_nums=(1, 2, 3, 4, 6, 8), num_classes=10), rngs=nnx.Rngs(1))
+    return checkpoint.save_pretrained(tmp_path_factory.mktemp("models") / "digits", vae=vae, var=var)
+
+
+@pytest.fixture(scope="module")
+def digit_png(tmp_path_factory):
+    """A real handwritten digit from the embedded set, as a 28x28 PNG."""
+    from PIL import Image
+
+    from var_jax.data import embedded
+    path = tmp_path_factory.mktemp("img") / "digit.png"
+    Image.fromarray(embedded.load("digits", "heldout").images[0]).save(path)
+    return path
+
+
+@pytest.mark.parametrize("mode, extra", [("inpaint", []), ("outpaint", []), ("edit", ["--class", "3"])])
+def test_edit_command_keeps_the_region_at_token_level(digits_model_dir, digit_png, tmp_path, capsys, mode, extra):
+    out, tokens = tmp_path / f"{mode}.png", tmp_path / f"{mode}.npz"
+    code = cli(["edit", "--ckpt", str(digits_model_dir), "--image", str(digit_png), "--box", "8,8,24,24",
+                "--mode", mode, "--out", str(out), "--tokens", str(tokens), "--top-k", "8", *extra])
+    assert code == 0 and out.is_file()
+    assert "resized" in capsys.readouterr().out  # 28x28 → 32x32, and it says so
+    saved = np.load(tokens)
+    masks = scale_keep_masks(saved["keep"], (1, 2, 3, 4, 6, 8), 1)
+    regenerated = 0
+    for k, mask in enumerate(masks):
+        mask = np.asarray(mask)
+        np.testing.assert_array_equal(saved[f"tokens_{k}"][mask], saved[f"source_{k}"][mask])
+        regenerated += int((~mask).sum())
+    assert regenerated > 0
+
+
+def test_edit_command_refuses_bad_input(digits_model_dir, digit_png, tmp_path, capsys):
+    base = ["edit", "--ckpt", str(digits_model_dir), "--image", str(digit_png), "--out", str(tmp_path / "o.png")]
+    assert cli(base + ["--box", "8,8,40,24"]) == 2
+    assert "must satisfy" in capsys.readouterr().err
+    assert cli(base + ["--box", "8,8"]) == 2
+    assert "--box takes x0,y0,x1,y1" in capsys.readouterr().err
+    assert cli(base + ["--box", "8,8,24,24", "--mode", "edit"]) == 2
+    assert "give --class K" in capsys.readouterr().err
+    assert cli(base + ["--box", "8,8,24,24", "--mode", "edit", "--class", "11"]) == 2
+    assert "out of range" in capsys.readouterr().err
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_sample_command_writes_grid_and_tokens(digits_model_dir, tmp_path):
+    grid, tokens = tmp_path / "grid.png", tmp_path / "tokens.npz"
+    code = cli(["sample", "--ckpt", str(digits_model_dir), "--classes", "1,2,3", "--per-class", "2", "--cfg", "4",
+                "--top-k", "8", "--top-p", "0.95", "--out", str(grid), "--tokens", str(tokens),
+                "--png-dir", str(tmp_path / "pngs")])
+    assert code == 0
+    from PIL import Image
+    assert Image.open(grid).size[1] >= 3 * 32  # one row per class
+    saved = np.load(tokens)
+    assert saved["labels"].tolist() == [1, 1, 2, 2, 3, 3] and saved["tokens_5"].shape == (6, 64)
+    assert len(list((tmp_path / "pngs").glob("*.png"))) == 6
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--classes", "1,x"], "comma-separated class ids"),
+    (["--classes", "11"], "out of range"),
+    (["--cfg", "-2"], "cfg must be ≥ 0"),
+    (["--top-p", "0"], None),
+])
+def test_sample_command_errors(digits_model_dir, tmp_path, capsys, args, message):
+    code = cli(["sample", "--ckpt", str(digits_model_dir), "--out", str(tmp_path / "g.png"), *args])
+    if message is None:  # top_p 0 switches top-p off: valid
+        assert code == 0
+    else:
+        assert code == 2 and message in capsys.readouterr().err
+
+
+def test_sample_refuses_a_tokenizer_that_does_not_fit(tiny_vae, tiny_var):
+    vae = VQVAE(tiny_vae(), rngs=nnx.Rngs(0))
+    var = VAR(tiny_var(patch_nums=(1, 2, 3)), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="patch_nums"):
+        Sampler(vae, var)
+
+
+class _StopAfter:
+    """A sampler that fails after n calls, like an interrupted job."""
+
+    def __init__(self, sampler, n):
+        self.sampler, self.n, self.num_classes, self.settings = sampler, n, sampler.num_classes, sampler.settings
+
+    def __call__(self, *a, **kw):
+        if self.n == 0:
+            raise KeyboardInterrupt
+        self.n -= 1
+        return self.sampler(*a, **kw)
+
+
+def test_evaluation_set_resumes_to_the_same_result(tiny_models, tmp_path):
+    sampler = Sampler(*tiny_models, SamplingSettings(cfg=1.5, top_k=8))
+    whole = write_evaluation_npz(sampler, tmp_path / "whole.npz", num=11, per_class=3, batch=4, seed=7)
+    with pytest.raises(KeyboardInterrupt):
+        write_evaluation_npz(_StopAfter(sampler, 2), tmp_path / "resumed.npz", num=11, per_class=3, batch=4, seed=7)
+    assert len(list((tmp_path / "resumed.npz.parts").glob("chunk_*.npz"))) == 2
+    resumed = write_evaluation_npz(sampler, tmp_path / "resumed.npz", num=11, per_class=3, batch=4, seed=7)
+    a, b = np.load(whole), np.load(resumed)
+    assert a["arr_0"].shape == (11, 8, 8, 3) and a["arr_0"].dtype == np.uint8
+    assert a["labels"].tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3]
+    np.testing.assert_array_equal(a["arr_0"], b["arr_0"])
+    assert not (tmp_path / "resumed.npz.parts").exists()
+    with pytest.raises(FileExistsError):
+        write_evaluation_npz(sampler, tmp_path / "whole.npz", num=11, per_class=3, batch=4)
+    with pytest.raises(ValueError, match="more than --per-class 3"):
+        write_evaluation_npz(sampler, tmp_path / "x.npz", num=100, per_class=3)
