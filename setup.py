@@ -23,6 +23,8 @@ setup(
         "numpy>=1.26",
         "pillow>=10.0",
         "tqdm>=4.66",
+        "matplotlib>=3.8",    # training curves and scaling-law plots as PNG
+        "tensorboardX>=2.6",  # TensorBoard event files without importing TensorFlow
     ],
     extras_require={
         # torch is only needed to read official .pth files; the converter core works on numpy dicts.

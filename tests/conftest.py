@@ -5,10 +5,19 @@ Everything here is cheap to build; nothing allocates a released-size model.
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import types
 
-import jax
+# The test models are tiny, so the suite's time goes into compiling.  Programs are cached on disk
+# for the whole run (tests, and the command-line subprocesses they start, compile many identical
+# programs) and XLA's LLVM backend skips its costly optimisations.  Both must be set before JAX starts.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      str(pathlib.Path(__file__).resolve().parents[1] / ".pytest_cache" / "jax"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
+
+import jax  # noqa: E402
 import numpy as np
 import pytest
 from flax import nnx

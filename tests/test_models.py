@@ -320,13 +320,16 @@ def test_quantizer_last_scale_must_be_the_latent(tiny_vae):
     assert "(3, 3)" in str(info.value) and "(4, 4)" in str(info.value)
 
 
-@pytest.mark.xfail(strict=True, reason="VAR assumes a single start token: with patch_nums[0] > 1 the official "
-                                       "pos_start is (1, pn0², C) but ours is (1, C), and the forward fails")
 def test_var_first_scale_larger_than_one(tiny_var):
+    """With patch_nums[0] > 1 the official model starts with pn0² start tokens (pos_start (1, pn0², C))."""
     cfg = tiny_var(patch_nums=(2, 3))
-    model = _model(cfg, random_official_weights(cfg, seed=0))
-    logits = model(jnp.zeros((2,), jnp.int32), jnp.zeros((2, 13 - 4, cfg.Cvae)))
-    assert logits.shape == (2, 13, cfg.vocab_size)
+    sd = random_official_weights(cfg, seed=0)
+    assert sd["pos_start"].shape == (1, 4, cfg.embed_dim)
+    model = _model(cfg, sd)
+    label = np.array([1, 3])
+    x = np.random.default_rng(0).standard_normal((2, 13 - 4, cfg.Cvae)).astype(np.float32)
+    logits = model(jnp.asarray(label), jnp.asarray(x))
+    np.testing.assert_allclose(logits, reference_var_logits(sd, cfg, label, x), atol=1e-4)
 
 
 # -- configuration files ------------------------------------------------------------------------------------

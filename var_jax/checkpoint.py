@@ -84,6 +84,12 @@ def load_pretrained(directory: str | os.PathLike, *, dtype: str | None = None) -
                 restored = ckpt.restore(root / name, target)
             except (ValueError, KeyError, FileNotFoundError) as e:
                 raise ValueError(f"the {name} checkpoint in {root} does not match its {CONFIG_FILE}: {e}") from e
+            # Orbax may restore an array at its stored shape rather than the target's: compare.
+            wrong = [f"{k} {tuple(v.shape)} (config wants {tuple(target[k].shape)})"
+                     for k, v in restored.items() if tuple(v.shape) != tuple(target[k].shape)]
+            if wrong:
+                raise ValueError(f"the {name} checkpoint in {root} does not match its {CONFIG_FILE}: "
+                                 f"{len(wrong)} array(s) differ in shape: {'; '.join(wrong[:5])}")
             by_str = {path_str(p): p for p in flat_state(model)}
             assign_flat_state(model, {by_str[k]: np.asarray(v) for k, v in restored.items()})
             loaded[name] = model

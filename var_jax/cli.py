@@ -36,6 +36,9 @@ def _convert(args: argparse.Namespace, overrides: list[str]) -> None:
     if args.config:
         from var_jax.config import load_config, model_configs
         vae_cfg, var_cfg = model_configs(load_config(args.config, overrides))
+        for flag, sd, cfg, section in (("--vae", vae_sd, vae_cfg, "vae"), ("--var", var_sd, var_cfg, "var")):
+            if sd is not None and cfg is None:
+                raise ValueError(f"{flag} was given but the config {args.config} has no '{section}' section")
     else:
         from var_jax.config import PATCH_NUMS
         var_cfg = convert.infer_var_config(var_sd) if var_sd is not None else None
@@ -154,6 +157,68 @@ def _parity(args: argparse.Namespace, overrides: list[str]) -> int:
     return parity.main([args.fixture])
 
 
+# -- evaluation: eval, scaling-fit ---------------------------------------------------------------------
+def _eval(args: argparse.Namespace, overrides: list[str]) -> None:
+    import json
+    import os
+
+    from var_jax.eval.evaluate import evaluate, local_data_mesh, sample_images
+    from var_jax.eval.features import InceptionFeatures
+    from var_jax.eval.inception_weights import load_inception, save_weights
+
+    weights = args.inception or os.environ.get("VAR_JAX_INCEPTION")
+    if not weights:
+        raise ValueError("give the Inception weights with --inception FILE (or VAR_JAX_INCEPTION=FILE): pytorch-fid's "
+                         "pt_inception-2015-12-05-6726825d.pth, a TorchScript export of the same network, or an .npz "
+                         "written by --save-inception")
+    if args.batch <= 0:
+        raise ValueError(f"--batch must be positive, got {args.batch}")
+    sample_images(args.samples)  # checked before the weights are read
+    if not pathlib.Path(args.ref).exists():
+        raise FileNotFoundError(f"no such reference: {args.ref} (an ADM reference .npz or a folder of images)")
+    model = load_inception(weights)
+    if args.save_inception:
+        save_weights(model, args.save_inception)
+    mesh = local_data_mesh()
+    batch = args.batch if mesh is None else -(-args.batch // mesh.size) * mesh.size
+    extractor = InceptionFeatures(model, batch_size=batch, mesh=mesh)
+    print(json.dumps(evaluate(args.samples, args.ref, extractor, save_ref=args.save_ref)))
+
+
+def _scaling_fit(args: argparse.Namespace, overrides: list[str]) -> None:
+    import json
+
+    from var_jax.eval.scaling import scaling_fit
+    print(json.dumps(scaling_fit(args.results, args.out)))
+
+
+def _add_eval_commands(sub) -> None:
+    p = sub.add_parser("eval", help="FID, IS, precision and recall of samples against a reference",
+                       description="Evaluate an ADM-format sample file (arr_0: uint8 (N, H, W, 3), as `var-jax sample "
+                                   "--num N --npz` writes) against an ADM reference batch "
+                                   "(VIRTUAL_imagenet256_labeled.npz), an .npz from --save-ref, or a folder of real "
+                                   "images, with the FID Inception-v3.  Prints one JSON line: FID, IS (5,000-image "
+                                   "splits), precision and recall (k=3), and the image counts.")
+    p.add_argument("--samples", required=True, help="sample .npz (arr_0 uint8 NHWC)")
+    p.add_argument("--ref", required=True, help="reference .npz (mu/sigma, pool_3 features or arr_0 images) or a "
+                                                "folder of images (resized and centre-cropped to the samples' size)")
+    p.add_argument("--inception", help="Inception weights: pt_inception-2015-12-05-*.pth, a TorchScript .pt (pool "
+                                       "features only, no IS) or a --save-inception .npz (default: $VAR_JAX_INCEPTION)")
+    p.add_argument("--batch", type=int, default=64, help="images per compiled call (default 64)")
+    p.add_argument("--save-inception", help="also write the converted weights as .npz (loads without torch)")
+    p.add_argument("--save-ref", help="also write the reference's mu, sigma and pool_3 features as .npz for reuse")
+    p.set_defaults(run=_eval)
+
+    p = sub.add_parser("scaling-fit", help="power-law fits of test loss / token error vs parameters and compute",
+                       description="Fit L = (beta*X)^alpha in log-log space for X = parameters and X = training "
+                                   "compute (PF-days), for each of L_last, L_avg, Err_last, Err_avg in a JSON-lines "
+                                   "file with one trained model per line (format: var_jax/eval/scaling.py).  Prints "
+                                   "one JSON line with alpha, beta and Pearson r per fit, and draws a log-log plot.")
+    p.add_argument("results", help="RESULTS.jsonl")
+    p.add_argument("--out", help="plot PNG (default: RESULTS_scaling.png next to the results file)")
+    p.set_defaults(run=_scaling_fit)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="var-jax", description="VAR (next-scale prediction) in JAX.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -212,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("parity", help="check against tensors recorded from the official code")
     p.add_argument("fixture")
     p.set_defaults(run=_parity)
+    _add_eval_commands(sub)
     return parser
 
 

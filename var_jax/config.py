@@ -37,17 +37,24 @@ def released_var(depth: int, init_adaln_gamma: float, img_size: int = 256, share
                                       "var": var.to_dict()})
 
 
-def model_configs(config) -> tuple[VQVAEConfig, VARConfig]:
-    """The tokenizer and transformer configurations of ``config``, checked against each other."""
-    vae = VQVAEConfig.from_dict(dict(config["vae"]))
-    var = VARConfig.from_dict(dict(config["var"]))
+def model_configs(config) -> tuple[VQVAEConfig | None, VARConfig | None]:
+    """The tokenizer and transformer configurations of ``config`` (None for a section it lacks),
+    checked against each other when it has both."""
+    vae = VQVAEConfig.from_dict(dict(config["vae"])) if "vae" in config else None
+    var = VARConfig.from_dict(dict(config["var"])) if "var" in config else None
+    if vae is not None and var is not None:
+        check_compatible(vae, var)
+    return vae, var
+
+
+def check_compatible(vae: VQVAEConfig, var: VARConfig) -> None:
+    """A tokenizer and a VAR that can work together, or a clear error."""
     if tuple(var.patch_nums) != tuple(vae.v_patch_nums):
-        raise ValueError(f"the VAR patch_nums {var.patch_nums} differ from the tokenizer's v_patch_nums "
+        raise ValueError(f"the VAR's patch_nums {var.patch_nums} differ from the tokenizer's v_patch_nums "
                          f"{vae.v_patch_nums}")
     if (var.vocab_size, var.Cvae) != (vae.vocab_size, vae.z_channels):
         raise ValueError(f"the VAR expects vocab_size={var.vocab_size}, Cvae={var.Cvae} but the tokenizer has "
                          f"vocab_size={vae.vocab_size}, z_channels={vae.z_channels}")
-    return vae, var
 
 
 def available_configs() -> list[str]:

@@ -279,7 +279,16 @@ def infer_var_config(sd: Arrays, **overrides) -> VARConfig:
     counts = np.bincount(np.asarray(sd["lvl_1L"]).reshape(-1))
     patch_nums = tuple(int(round(c ** 0.5)) for c in counts)
     l2 = "blocks.0.attn.scale_mul_1H11" in sd
-    heads = sd["blocks.0.attn.scale_mul_1H11"].shape[1] if l2 else C // 64
+    if l2:
+        heads = sd["blocks.0.attn.scale_mul_1H11"].shape[1]
+    elif "num_heads" in overrides:
+        heads = overrides["num_heads"]
+    elif C % 64 == 0:  # no tensor shows the head count: take the released head size, 64
+        heads = C // 64
+    else:
+        raise CheckpointMismatch(f"this VAR has no scale_mul_1H11 (attn_l2_norm off), so no tensor shows its number "
+                                 f"of heads, and its width {C} is not a multiple of the released head size 64: "
+                                 f"give num_heads (or a --config)")
     kw = dict(embed_dim=int(C), num_heads=int(heads), Cvae=int(Cvae), vocab_size=int(sd["head.weight"].shape[0]),
               num_classes=int(sd["class_emb.weight"].shape[0]) - 1, patch_nums=patch_nums, attn_l2_norm=l2,
               mlp_ratio=sd["blocks.0.ffn.fc1.weight"].shape[0] / C, shared_aln="shared_ada_lin.1.weight" in sd)

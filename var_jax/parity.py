@@ -17,10 +17,11 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from var_jax.convert import var_from_official, vae_from_official
-from var_jax.models.var import VARConfig
-from var_jax.models.vqvae import VQVAEConfig
+from var_jax.models.var import VAR, VARConfig
+from var_jax.models.vqvae import VQVAE, VQVAEConfig
 from var_jax.ops.resample import resize
 
 FLOAT_TOL = 1e-4
@@ -106,22 +107,24 @@ def run_checks(fx) -> list[Check]:
     num_scales = len(vae_cfg.v_patch_nums)
     img = lambda: nhwc(fx["img"])
     ref_idx = lambda: [jnp.asarray(fx[f"idx/{k}"]) for k in range(num_scales)]
-    idx = functools.cache(lambda: vae.img_to_idx(img()))
-    fhats = functools.cache(lambda: vae.img_to_fhats(img()))
-    logits = functools.cache(lambda: var(jnp.asarray(fx["label"]), jnp.asarray(fx["var_input"])))
-    train = functools.cache(lambda: vae(img()))
+    # One compiled program per model call: op-by-op dispatch of the convolutions is far slower.
+    idx = functools.cache(lambda: nnx.jit(VQVAE.img_to_idx)(vae, img()))
+    fhats = functools.cache(lambda: nnx.jit(VQVAE.img_to_fhats)(vae, img()))
+    var_logits = nnx.jit(VAR.__call__)
+    logits = functools.cache(lambda: var_logits(var, jnp.asarray(fx["label"]), jnp.asarray(fx["var_input"])))
+    train = functools.cache(lambda: nnx.jit(VQVAE.__call__)(vae, img()))
 
-    add("enc_f", lambda: nchw(vae.encode_latent(img())))
+    add("enc_f", lambda: nchw(nnx.jit(VQVAE.encode_latent)(vae, img())))
     for k in range(num_scales):
         add(f"idx/{k}", lambda k=k: idx()[k], index=True)
     for k in range(num_scales):
         add(f"fhat/{k}", lambda k=k: nchw(fhats()[k]))
-    add("recon", lambda: nchw(vae.fhat_to_img(fhats()[-1])))
-    add("recon_from_idx", lambda: nchw(vae.idx_to_img(ref_idx())))
-    add("var_input", lambda: vae.quantize.idx_to_var_input(ref_idx()))
+    add("recon", lambda: nchw(nnx.jit(VQVAE.fhat_to_img)(vae, fhats()[-1])))
+    add("recon_from_idx", lambda: nchw(nnx.jit(VQVAE.idx_to_img)(vae, ref_idx())))
+    add("var_input", lambda: nnx.jit(lambda q, i: q.idx_to_var_input(i))(vae.quantize, ref_idx()))
     add("logits", logits)
-    add("logits_uncond", lambda: var(jnp.full_like(jnp.asarray(fx["label"]), var_cfg.num_classes),
-                                     jnp.asarray(fx["var_input"])))
+    add("logits_uncond", lambda: var_logits(var, jnp.full_like(jnp.asarray(fx["label"]), var_cfg.num_classes),
+                                            jnp.asarray(fx["var_input"])))
     add("ce_loss", lambda: -jnp.mean(jnp.take_along_axis(
         jax.nn.log_softmax(logits()), jnp.concatenate(ref_idx(), axis=1)[..., None], -1)))
     add("train/rec", lambda: nchw(train()[0]))

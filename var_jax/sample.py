@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from var_jax.config import check_compatible
 from var_jax.models.var import VAR, attention, block_forward
 from var_jax.models.vqvae import VQVAE
 from var_jax.ops.resample import resize
@@ -84,7 +85,8 @@ def generate(vae: VQVAE, var: VAR, labels: jax.Array, key: jax.Array, settings: 
     cond = var.class_embedding(jnp.concatenate([labels, jnp.full_like(labels, cfg.num_classes)]))
     ada = var.ada_condition(cond)
     lvl_pos = var.level_pos()
-    x = (cond + var.pos_start[...] + lvl_pos[:1])[:, None, :]
+    first_l = begin_ends[0][1]
+    x = cond[:, None, :] + var.pos_start[...][None] + lvl_pos[None, :first_l]
     cache_shape = (cfg.depth, 2 * B, cfg.seq_len, cfg.num_heads, cfg.head_dim)
     cache = (jnp.zeros(cache_shape, cfg.dtype), jnp.zeros(cache_shape, cfg.dtype))
     params = var.block_params()
@@ -142,7 +144,7 @@ class Sampler:
 
     def __init__(self, vae: VQVAE, var: VAR, settings: SamplingSettings = SamplingSettings(), *,
                  uint8: bool = True):
-        check_pair(vae, var)
+        check_compatible(vae.cfg, var.cfg)
         self.num_classes = var.cfg.num_classes
         self.settings, self.uint8 = settings, uint8
         (g_vae, s_vae), (g_var, s_var) = nnx.split(vae), nnx.split(var)
@@ -173,16 +175,6 @@ class Sampler:
         labels = jnp.zeros((batch,), jnp.int32)
         return _sample_program.lower(self.graphdefs, self.states, labels, jax.random.key(0), forced,
                                      self.settings, self.uint8)
-
-
-def check_pair(vae: VQVAE, var: VAR) -> None:
-    """A tokenizer and a VAR that can work together, or a clear error."""
-    if tuple(var.cfg.patch_nums) != tuple(vae.cfg.v_patch_nums):
-        raise ValueError(f"the VAR's patch_nums {var.cfg.patch_nums} differ from the tokenizer's v_patch_nums "
-                         f"{vae.cfg.v_patch_nums}")
-    if (var.cfg.vocab_size, var.cfg.Cvae) != (vae.cfg.vocab_size, vae.cfg.z_channels):
-        raise ValueError(f"the VAR expects vocab_size={var.cfg.vocab_size}, Cvae={var.cfg.Cvae}; the tokenizer has "
-                         f"vocab_size={vae.cfg.vocab_size}, z_channels={vae.cfg.z_channels}")
 
 
 def sample(vae: VQVAE, var: VAR, labels=None, *, seed: int = 0, batch: int | None = None,

@@ -11,9 +11,10 @@ import pathlib
 
 import numpy as np
 
+from var_jax.data.splits import split_indices
+
 _FILES = {"digits": "mnist5k.npz", "emoji": "emoji32.npz"}
-HELD_OUT_FRACTION = 0.1
-SPLIT_SEED = 0
+NAMES = tuple(_FILES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,14 +28,10 @@ def load(name: str, split: str = "train") -> EmbeddedSet:
     """``split``: 'train' (90%), 'heldout' (10%, the same images every time) or 'all'."""
     if name not in _FILES:
         raise ValueError(f"unknown embedded set {name!r}; choose one of {sorted(_FILES)}")
-    if split not in ("train", "heldout", "all"):
-        raise ValueError(f"split must be 'train', 'heldout' or 'all', got {split!r}")
     with np.load(pathlib.Path(__file__).parent / "embedded" / _FILES[name]) as f:
         images, labels = f["images"], f["labels"].astype(np.int32)
         names = tuple(str(n) for n in f["class_names"]) if "class_names" in f else tuple(str(i) for i in range(10))
     if images.ndim == 3:  # grey → RGB
         images = np.repeat(images[..., None], 3, axis=-1)
-    order = np.random.default_rng(SPLIT_SEED).permutation(len(images))
-    n_held = int(round(HELD_OUT_FRACTION * len(images)))
-    pick = {"heldout": order[:n_held], "train": order[n_held:], "all": np.arange(len(images))}[split]
+    pick = split_indices(len(images), split)
     return EmbeddedSet(images[pick], labels[pick], names)

@@ -1,6 +1,9 @@
 """Image preprocessing as the official VAR: shorter side to round(1.125·size) with Lanczos, then a
-crop of size×size (centre for evaluation), mapped to [-1, 1]."""
+crop of size×size (random for training, centre for evaluation), mapped to [-1, 1]."""
 from __future__ import annotations
+
+import os
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -8,13 +11,15 @@ from PIL import Image
 RESIZE_RATIO = 1.125
 
 
-def load_rgb(path: str) -> Image.Image:
-    """Open an image file as RGB (grey, palette and alpha images are converted; alpha over white)."""
+def load_rgb(file: str | os.PathLike | BinaryIO) -> Image.Image:
+    """Open an image (a path or a binary file object) as RGB: grey, palette, CMYK and alpha images
+    are converted (alpha over white)."""
     try:
-        img = Image.open(path)
+        img = Image.open(file)
         img.load()
-    except (OSError, ValueError) as e:
-        raise ValueError(f"cannot read image {path!r}: {e}") from e
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        name = file if isinstance(file, (str, os.PathLike)) else getattr(file, "name", "<image bytes>")
+        raise ValueError(f"cannot read image {str(name)!r}: {e}") from e
     if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -22,15 +27,32 @@ def load_rgb(path: str) -> Image.Image:
     return img.convert("RGB")
 
 
-def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
-    """The validation transform: shorter side to round(1.125·size) (Lanczos), centre crop size×size."""
+def resize_shorter(img: Image.Image, size: int) -> Image.Image:
+    """Shorter side to round(1.125·size) with Lanczos (the official ``Resize`` before cropping)."""
     short = round(RESIZE_RATIO * size)
     w, h = img.size
     scale = short / min(w, h)
-    img = img.resize((max(short, round(w * scale)), max(short, round(h * scale))), Image.LANCZOS)
+    return img.resize((max(short, round(w * scale)), max(short, round(h * scale))), Image.LANCZOS)
+
+
+def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
+    """The validation transform: shorter side to round(1.125·size) (Lanczos), centre crop size×size."""
+    img = resize_shorter(img, size)
     w, h = img.size
     left, top = (w - size) // 2, (h - size) // 2
     return img.crop((left, top, left + size, top + size))
+
+
+def resize_random_crop(img: Image.Image, size: int, rng: np.random.Generator, hflip: bool = False) -> Image.Image:
+    """The training transform: shorter side to round(1.125·size) (Lanczos), a uniformly placed
+    size×size crop, and optionally a horizontal flip with probability 1/2 (off in the official recipes)."""
+    img = resize_shorter(img, size)
+    w, h = img.size
+    left, top = int(rng.integers(0, w - size + 1)), int(rng.integers(0, h - size + 1))
+    img = img.crop((left, top, left + size, top + size))
+    if hflip and rng.random() < 0.5:
+        img = img.transpose(Image.FLIP_LEFT_RIGHT)
+    return img
 
 
 def to_model_range(images_uint8: np.ndarray) -> np.ndarray:

@@ -259,7 +259,8 @@ class VAR(nnx.Module):
         k = iter(jax.random.split(rngs.params(), 10))
         self.word_embed = Linear(trunc_normal(next(k), (cfg.Cvae, C), std), (None, "embed"), ("embed",))
         self.class_emb = param(trunc_normal(next(k), (cfg.num_classes + 1, C), std), (None, "embed"))
-        self.pos_start = param(trunc_normal(next(k), (1, C), std), (None, "embed"))
+        first_l = cfg.patch_nums[0] ** 2  # the start tokens: the class embedding, once per first-scale cell
+        self.pos_start = param(trunc_normal(next(k), (first_l, C), std), (None, "embed"))
         self.pos_1LC = param(trunc_normal(next(k), (cfg.seq_len, C), std), (None, "embed"))
         self.lvl_embed = param(trunc_normal(next(k), (len(cfg.patch_nums), C), std), (None, "embed"))
         if cfg.shared_aln:

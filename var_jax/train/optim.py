@@ -1,0 +1,70 @@
+"""AdamW with a weight-decay mask, the official learning-rate and weight-decay schedules, and
+global-norm gradient clipping, as optax transformations."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+# Parameters whose path mentions one of these are never decayed (the official rule), nor are
+# biases and 1-D parameters (norm scales).
+NO_DECAY_NAMES = ("cls_token", "start_token", "task_token", "cfg_uncond", "pos_embed", "pos_1LC", "pos_start",
+                  "start_pos", "lvl_embed", "gamma", "beta", "ada_gss", "moe_bias", "scale_mul")
+SCHEDULES = ("constant", "cosine", "lin0")
+
+
+def decay_mask(params):
+    """True for the parameters AdamW decays: matrices and kernels that are not named in NO_DECAY_NAMES."""
+    def decays(path, leaf) -> bool:
+        if path and isinstance(path[-1], jax.tree_util.GetAttrKey):  # an nnx Variable's ``.value``
+            path = path[:-1]
+        names = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
+        return (leaf.ndim > 1 and names[-1] != "bias"
+                and not any(n in name for name in names for n in NO_DECAY_NAMES))
+    return jax.tree_util.tree_map_with_path(decays, params)
+
+
+def lr_schedule(peak: float, total_steps: int, warmup_steps: int = 0, kind: str = "constant",
+                warmup_start: float = 0.005, end_ratio: float = 0.01) -> optax.Schedule:
+    """Linear warm-up from ``warmup_start``·peak, then ``kind``:
+    'constant'; 'cosine' down to ``end_ratio``·peak; 'lin0' (the official default): the peak for the
+    first 5% of the remaining steps, then linear down to ``end_ratio``·peak at the last step."""
+    if kind not in SCHEDULES:
+        raise ValueError(f"unknown learning-rate schedule {kind!r}; choose one of {SCHEDULES}")
+    if not 0 <= warmup_steps < max(total_steps, 1):
+        raise ValueError(f"warmup_steps must be in [0, total_steps={total_steps}), got {warmup_steps}")
+
+    def schedule(step):
+        step = jnp.asarray(step, jnp.float32)
+        warm = warmup_start + (1 - warmup_start) * step / max(warmup_steps, 1)
+        done = jnp.clip((step - warmup_steps) / max(total_steps - 1 - warmup_steps, 1), 0.0, 1.0)
+        if kind == "constant":
+            after = jnp.ones_like(done)
+        elif kind == "cosine":
+            after = end_ratio + (1 - end_ratio) * (0.5 + 0.5 * jnp.cos(jnp.pi * done))
+        else:
+            hold = 0.05
+            after = jnp.where(done < hold, 1.0, end_ratio + (1 - end_ratio) * (1 - done) / (1 - hold))
+        return peak * jnp.where(step < warmup_steps, warm, after)
+    return schedule
+
+
+def wd_schedule(start: float, end: float | None, total_steps: int) -> optax.Schedule:
+    """Weight decay along a half cosine from ``start`` to ``end`` over the run (constant when end is None)."""
+    end = start if end is None else end
+
+    def schedule(step):
+        done = jnp.clip(jnp.asarray(step, jnp.float32) / max(total_steps - 1, 1), 0.0, 1.0)
+        return end + (start - end) * (0.5 + 0.5 * jnp.cos(jnp.pi * done))
+    return schedule
+
+
+def adamw(params, *, lr: optax.Schedule, weight_decay: optax.Schedule, b1: float = 0.9, b2: float = 0.95,
+          eps: float = 1e-8, grad_clip: float = 0.0) -> optax.GradientTransformation:
+    """AdamW over ``params`` with decay masked by :func:`decay_mask`, after clipping the gradients'
+    global norm to ``grad_clip`` (0: no clipping)."""
+    if grad_clip < 0:
+        raise ValueError(f"grad_clip must be >= 0 (0 turns clipping off), got {grad_clip}")
+    tx = optax.inject_hyperparams(optax.adamw, static_args=("mask",))(
+        learning_rate=lr, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=decay_mask(params))
+    return optax.chain(optax.clip_by_global_norm(grad_clip), tx) if grad_clip > 0 else tx
