@@ -1,10 +1,13 @@
 """Sampling speed: one JSON line per run (a run = one batch size), compile excluded from s_per_call.
 
-    python benchmarks/sample_speed.py --config var_d16 --batch 1 --cfg 4 --top-k 900 --top-p 0.95 --repeats 3
+    python benchmarks/sample_speed.py --config var_d16 --batch 1 8 --cfg 4 --top-k 900 --top-p 0.95 --repeats 3
 
 Random weights unless --ckpt names a var-jax model directory.  Besides the whole program it times
-the transformer part (all scales, no decode) and the decode alone, and reports XLA's FLOP count of
-each compiled program with the achieved GFLOP/s.
+the transformer part (all scales, no decode), each scale on its own (one compiled step per scale,
+so their sum is a little above the transformer time), and the decode alone.  FLOPs are counted
+from the shapes (XLA's cost analysis counts a scanned layer once and cannot see into GPU library
+calls), and the machine's own float32 matrix-multiply rate is measured so that the achieved
+GFLOP/s can be read against what this machine can do.
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import functools
 import json
 import statistics
 import time
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -20,9 +24,9 @@ from flax import nnx
 
 from var_jax.config import load_config, model_configs
 from var_jax.models.state import init_model
-from var_jax.models.var import VAR
+from var_jax.models.var import VAR, VARConfig
 from var_jax.models.vqvae import VQVAE
-from var_jax.sample import Sampler, SamplingSettings, generate
+from var_jax.sample import Sampler, SamplingSettings, generate, scale_step, start
 
 
 def _time(fn, repeats: int) -> float:
@@ -34,10 +38,24 @@ def _time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def _flops(compiled) -> float | None:
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return float(cost["flops"]) if cost and "flops" in cost else None
+def scale_flops(cfg: VARConfig, batch: int, si: int) -> float:
+    """Multiply-adds ×2 of scale ``si`` for ``batch`` images: the sampler runs 2·batch rows
+    (conditional and null class) through every layer."""
+    rows = 2 * batch
+    begin, end = cfg.begin_ends()[si]
+    n, C, V = end - begin, cfg.embed_dim, cfg.vocab_size
+    per_token_layer = 4 * C * C + 2 * C * cfg.mlp_hidden + 2 * C * end  # qkv+proj, mlp, scores+mix
+    ada = 0 if cfg.shared_aln else 6 * C * C  # per row and layer
+    per_row = cfg.depth * (n * per_token_layer + ada) + n * (C * V + cfg.Cvae * C) + 2 * C * C
+    return 2.0 * rows * per_row
+
+
+def matmul_gflop_per_s(dtype: str, n: int = 2048, repeats: int = 5) -> float:
+    """This machine's rate on one large square matrix product."""
+    a = jnp.ones((n, n), dtype)
+    f = jax.jit(lambda a: a @ a)
+    jax.block_until_ready(f(a))
+    return 2 * n ** 3 / _time(lambda: f(a), repeats) / 1e9
 
 
 def main():
@@ -50,6 +68,7 @@ def main():
     ap.add_argument("--top-p", type=float, default=0.95)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--dtype", default="float32", help="compute dtype of both models")
+    ap.add_argument("--no-per-scale", action="store_true", help="skip timing each scale on its own")
     args, overrides = ap.parse_known_args()
 
     if args.ckpt:
@@ -62,11 +81,23 @@ def main():
     settings = SamplingSettings(cfg=args.cfg, top_k=args.top_k, top_p=args.top_p)
     sampler = Sampler(vae, var, settings)
     (g_vae, s_vae), (g_var, s_var) = nnx.split(vae), nnx.split(var)
+    models = lambda s_vae, s_var: (nnx.merge(g_vae, s_vae), nnx.merge(g_var, s_var))
+    peak = matmul_gflop_per_s(args.dtype)
 
-    @functools.partial(jax.jit, static_argnums=0)
-    def transformer_only(batch, s_vae, s_var, key):
-        labels = jnp.arange(batch, dtype=jnp.int32) % var.cfg.num_classes
-        return generate(nnx.merge(g_vae, s_vae), nnx.merge(g_var, s_var), labels, key, settings)[0]
+    @jax.jit
+    def transformer_only(s_vae, s_var, labels, key):
+        return generate(*models(s_vae, s_var), labels, key, settings)[0]
+
+    @jax.jit
+    def begin(s_vae, s_var, labels):
+        return start(*models(s_vae, s_var), labels)
+
+    # The cache is updated in place; the other parts of the carry change shape from scale to scale.
+    warnings.filterwarnings("ignore", "Some donated buffers were not usable")
+
+    @functools.partial(jax.jit, static_argnums=0, donate_argnums=4)
+    def step(si, s_vae, s_var, ctx, carry, key):
+        return scale_step(*models(s_vae, s_var), ctx, carry, si, key, settings)[0]
 
     @jax.jit
     def decode_only(s_vae, f_hat):
@@ -78,24 +109,37 @@ def main():
         t0 = time.perf_counter()
         whole = sampler.lower(batch).compile()
         compile_s = time.perf_counter() - t0
-        run = lambda: whole(sampler.states, labels, key, None)
-        s_per_call = _time(run, args.repeats)
-        tf = transformer_only.lower(batch, s_vae, s_var, key).compile()
-        transformer_s = _time(lambda: tf(s_vae, s_var, key), args.repeats)
-        f_hat = tf(s_vae, s_var, key)
-        dec = decode_only.lower(s_vae, f_hat).compile()
-        decode_s = _time(lambda: dec(s_vae, f_hat), args.repeats)
-        tf_flops, dec_flops = _flops(tf), _flops(dec)
+        s_per_call = _time(lambda: whole(sampler.states, labels, key, None), args.repeats)
+        transformer_s = _time(lambda: transformer_only(s_vae, s_var, labels, key), args.repeats)
+        f_hat = transformer_only(s_vae, s_var, labels, key)
+        decode_s = _time(lambda: decode_only(s_vae, f_hat), args.repeats)
+        decode_flops = decode_only.lower(s_vae, f_hat).cost_analysis()["flops"]  # before fusion: convs included
+        per_scale = []
+        if not args.no_per_scale:
+            def scale_times():
+                ctx, carry = jax.block_until_ready(begin(s_vae, s_var, labels))
+                times = []
+                for si in range(len(var.cfg.patch_nums)):
+                    t0 = time.perf_counter()
+                    carry = jax.block_until_ready(step(si, s_vae, s_var, ctx, carry, key))
+                    times.append(time.perf_counter() - t0)
+                return times
+            scale_times()  # compiles every step
+            runs = [scale_times() for _ in range(args.repeats)]
+            per_scale = [statistics.median(r[si] for r in runs) for si in range(len(var.cfg.patch_nums))]
+        flops = [scale_flops(var.cfg, batch, si) for si in range(len(var.cfg.patch_nums))]
         line = {
             "bench": "sample_speed", "config": args.ckpt or args.config, "batch": batch, "dtype": args.dtype,
             "cfg": args.cfg, "top_k": args.top_k, "top_p": args.top_p, "repeats": args.repeats,
             "s_per_call": round(s_per_call, 4), "s_per_img": round(s_per_call / batch, 4),
             "img_per_s": round(batch / s_per_call, 4), "compile_s": round(compile_s, 2),
             "transformer_s": round(transformer_s, 4), "decode_s": round(decode_s, 4),
-            "transformer_gflop": tf_flops and round(tf_flops / 1e9, 1),
-            "decode_gflop": dec_flops and round(dec_flops / 1e9, 1),
-            "transformer_gflop_per_s": tf_flops and round(tf_flops / 1e9 / transformer_s, 1),
-            "decode_gflop_per_s": dec_flops and round(dec_flops / 1e9 / decode_s, 1),
+            "transformer_gflop": round(sum(flops) / 1e9, 1), "decode_gflop": round(decode_flops / 1e9, 1),
+            "transformer_gflop_per_s": round(sum(flops) / 1e9 / transformer_s, 1),
+            "decode_gflop_per_s": round(decode_flops / 1e9 / decode_s, 1),
+            "matmul_gflop_per_s": round(peak, 1),
+            "per_scale": [{"pn": pn, "s": round(t, 4), "gflop_per_s": round(f / 1e9 / t, 1)}
+                          for pn, t, f in zip(var.cfg.patch_nums, per_scale, flops)],
             "device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
         }
         print(json.dumps(line), flush=True)

@@ -10,6 +10,7 @@ from flax import nnx
 from var_jax import checkpoint
 from var_jax.cli import main as cli
 from var_jax.convert import vae_from_official, var_from_official
+from var_jax.models.state import abstract_model, init_model
 from var_jax.models.var import VAR
 from var_jax.models.vqvae import VQVAE
 from var_jax.ops.resample import bilinear_matrix
@@ -32,18 +33,23 @@ def official_models(official, official_configs):
 @pytest.fixture(scope="module")
 def tiny_models(tiny_vae, tiny_var):
     """A random tokenizer (8x8 images, scales 1,2,4) and a matching VAR with shared AdaLN."""
-    vae = VQVAE(tiny_vae(), rngs=nnx.Rngs(0))
-    var = VAR(tiny_var(patch_nums=(1, 2, 4), shared_aln=True, attn_l2_norm=False, init_adaln_gamma=0.5,
-                       init_head=1.0), rngs=nnx.Rngs(1))
+    vae = init_model(VQVAE, tiny_vae(), seed=0)
+    var = init_model(VAR, tiny_var(patch_nums=(1, 2, 4), shared_aln=True, attn_l2_norm=False, init_adaln_gamma=0.5,
+                                   init_head=1.0), seed=1)
     return vae, var
 
 
-def _cached_vs_teacher_forced(vae, var, tokens, labels):
+@nnx.jit
+def _cached_and_teacher_forced(vae, var, tokens, labels):
     keep_all = [(t.astype(jnp.int32), jnp.ones(t.shape, bool)) for t in tokens]
+    _, out_tokens, logits = generate(vae, var, labels, jax.random.key(0), SamplingSettings(cfg=0.0), keep_all,
+                                     with_logits=True)
+    return out_tokens, logits, var(labels, vae.quantize.idx_to_var_input(tokens))
+
+
+def _cached_vs_teacher_forced(vae, var, tokens, labels):
     with jax.default_matmul_precision("highest"):
-        _, out_tokens, logits = generate(vae, var, labels, jax.random.key(0), SamplingSettings(cfg=0.0),
-                                         keep_all, with_logits=True)
-        reference = var(labels, vae.quantize.idx_to_var_input(tokens))
+        out_tokens, logits, reference = _cached_and_teacher_forced(vae, var, tokens, labels)
     for (begin, end), got in zip(var.cfg.begin_ends(), logits):
         np.testing.assert_allclose(np.asarray(got), np.asarray(reference[:, begin:end]), atol=TOL, rtol=0)
     for a, b in zip(out_tokens, tokens):
@@ -176,8 +182,8 @@ def test_edit_keeps_the_image_tokens_where_asked(tiny_models):
 @pytest.fixture(scope="module")
 def digits_model_dir(tmp_path_factory, tiny_vae, tiny_var):
     """A random tokenizer and VAR for 32x32 images with scales 1,2,3,4,6,8, saved as a model directory."""
-    vae = VQVAE(tiny_vae(ch_mult=(1, 2, 2), v_patch_nums=(1, 2, 3, 4, 6, 8)), rngs=nnx.Rngs(0))
-    var = VAR(tiny_var(patch_nums=(1, 2, 3, 4, 6, 8), num_classes=10), rngs=nnx.Rngs(1))
+    vae = init_model(VQVAE, tiny_vae(ch_mult=(1, 2, 2), v_patch_nums=(1, 2, 3, 4, 6, 8)), seed=0)
+    var = init_model(VAR, tiny_var(patch_nums=(1, 2, 3, 4, 6, 8), num_classes=10), seed=1)
     return checkpoint.save_pretrained(tmp_path_factory.mktemp("models") / "digits", vae=vae, var=var)
 
 
@@ -250,8 +256,8 @@ def test_sample_command_errors(digits_model_dir, tmp_path, capsys, args, message
 
 
 def test_sample_refuses_a_tokenizer_that_does_not_fit(tiny_vae, tiny_var):
-    vae = VQVAE(tiny_vae(), rngs=nnx.Rngs(0))
-    var = VAR(tiny_var(patch_nums=(1, 2, 3)), rngs=nnx.Rngs(0))
+    vae = abstract_model(VQVAE, tiny_vae())
+    var = abstract_model(VAR, tiny_var(patch_nums=(1, 2, 3)))
     with pytest.raises(ValueError, match="patch_nums"):
         Sampler(vae, var)
 

@@ -73,52 +73,83 @@ def _cached_blocks(var: VAR, params: dict, x, ada, cache, begin: int, end: int):
     return x, (ck, cv)
 
 
+class Context(NamedTuple):
+    """What every scale reads: the class embeddings of the doubled batch (conditional rows, then the
+    null class), the AdaLN input, the level + position embeddings and the stacked block parameters."""
+    cond: jax.Array
+    ada: jax.Array
+    lvl_pos: jax.Array
+    params: dict
+
+
+class Carry(NamedTuple):
+    """What one scale hands to the next: the next scale's input tokens (2B, n, C), the KV cache and f̂."""
+    x: jax.Array
+    cache: tuple[jax.Array, jax.Array]
+    f_hat: jax.Array
+
+
+def start(vae: VQVAE, var: VAR, labels: jax.Array) -> tuple[Context, Carry]:
+    """The context of a batch of ``labels`` (B,) and the first scale's input: the start tokens."""
+    cfg = var.cfg
+    B = labels.shape[0]
+    cond = var.class_embedding(jnp.concatenate([labels, jnp.full_like(labels, cfg.num_classes)]))
+    lvl_pos = var.level_pos()
+    first_l = cfg.begin_ends()[0][1]
+    x = cond[:, None, :] + var.pos_start[...][None] + lvl_pos[None, :first_l]
+    cache_shape = (cfg.depth, 2 * B, cfg.seq_len, cfg.num_heads, cfg.head_dim)
+    cache = (jnp.zeros(cache_shape, cfg.dtype), jnp.zeros(cache_shape, cfg.dtype))
+    side = cfg.patch_nums[-1]
+    f_hat = jnp.zeros((B, side, side, vae.cfg.z_channels), jnp.float32)
+    return Context(cond, var.ada_condition(cond), lvl_pos, var.block_params()), Carry(x, cache, f_hat)
+
+
+def scale_step(vae: VQVAE, var: VAR, ctx: Context, carry: Carry, si: int, key: jax.Array,
+               settings: SamplingSettings, forced: tuple[jax.Array, jax.Array] | None = None):
+    """Scale ``si`` (static): the blocks on its tokens, guided logits, the draw, f̂ and the next
+    scale's input.  → (carry, tokens (B, pn²), guided logits (B, pn², V))."""
+    cfg = var.cfg
+    SN, begin_ends = len(cfg.patch_nums), cfg.begin_ends()
+    (begin, end), pn, ratio = begin_ends[si], cfg.patch_nums[si], si / (SN - 1)
+    B = carry.f_hat.shape[0]
+    codebook = vae.quantize.embedding.embedding[...]
+    x, cache = _cached_blocks(var, ctx.params, carry.x, ctx.ada, carry.cache, begin, end)
+    logits = var.logits(x, ctx.cond)
+    t = settings.cfg * ratio
+    guided = (1 + t) * logits[:B] - t * logits[B:]
+    filtered = filter_top_k_top_p(guided, settings.top_k, settings.top_p)
+    key_idx, key_gumbel = jax.random.split(jax.random.fold_in(key, si))
+    idx = sample_categorical(key_idx, filtered)
+    if settings.more_smooth:  # the categorical draw above still happens, as in the official code
+        tau = max(0.27 * (1 - 0.95 * ratio), 0.005)
+        h = jnp.matmul(gumbel_softmax(key_gumbel, filtered * (1 + ratio), tau), codebook)
+    else:
+        h = jnp.take(codebook, idx, axis=0)
+    if forced is not None:
+        given, keep = forced
+        idx = jnp.where(keep, given, idx)
+        h = jnp.where(keep[..., None], jnp.take(codebook, given, axis=0), h)
+    f_hat, nxt = vae.quantize.next_input(si, carry.f_hat, h.reshape(B, pn, pn, -1))
+    if si < SN - 1:
+        nb, ne = begin_ends[si + 1]
+        x = var.word_embed(nxt.reshape(B, ne - nb, -1)) + ctx.lvl_pos[nb:ne]
+        x = jnp.concatenate([x, x])
+    return Carry(x, cache, f_hat), idx, guided
+
+
 def generate(vae: VQVAE, var: VAR, labels: jax.Array, key: jax.Array, settings: SamplingSettings,
              forced: Sequence[tuple[jax.Array, jax.Array]] | None = None, *, with_logits: bool = False):
     """All scales for labels (B,) → (final f̂ (B, h, w, Cvae), token maps[, guided logits per scale]).
     ``forced``, per scale, (tokens (B, pn²), keep (B, pn²) bool): where keep is set the given token
     replaces the sample."""
-    cfg = var.cfg
-    B, SN = labels.shape[0], len(cfg.patch_nums)
-    begin_ends = cfg.begin_ends()
-    codebook = vae.quantize.embedding.embedding[...]
-    cond = var.class_embedding(jnp.concatenate([labels, jnp.full_like(labels, cfg.num_classes)]))
-    ada = var.ada_condition(cond)
-    lvl_pos = var.level_pos()
-    first_l = begin_ends[0][1]
-    x = cond[:, None, :] + var.pos_start[...][None] + lvl_pos[None, :first_l]
-    cache_shape = (cfg.depth, 2 * B, cfg.seq_len, cfg.num_heads, cfg.head_dim)
-    cache = (jnp.zeros(cache_shape, cfg.dtype), jnp.zeros(cache_shape, cfg.dtype))
-    params = var.block_params()
-    side = cfg.patch_nums[-1]
-    f_hat = jnp.zeros((B, side, side, vae.cfg.z_channels), jnp.float32)
+    ctx, carry = start(vae, var, labels)
     tokens, all_logits = [], []
-    for si, (begin, end) in enumerate(begin_ends):
-        pn, ratio = cfg.patch_nums[si], si / (SN - 1)
-        x, cache = _cached_blocks(var, params, x, ada, cache, begin, end)
-        logits = var.logits(x, cond)
-        t = settings.cfg * ratio
-        logits = (1 + t) * logits[:B] - t * logits[B:]
-        all_logits.append(logits)
-        logits = filter_top_k_top_p(logits, settings.top_k, settings.top_p)
-        key_idx, key_gumbel = jax.random.split(jax.random.fold_in(key, si))
-        idx = sample_categorical(key_idx, logits)
-        if settings.more_smooth:  # the categorical draw above still happens, as in the official code
-            tau = max(0.27 * (1 - 0.95 * ratio), 0.005)
-            h = jnp.matmul(gumbel_softmax(key_gumbel, logits * (1 + ratio), tau), codebook)
-        else:
-            h = jnp.take(codebook, idx, axis=0)
-        if forced is not None:
-            given, keep = forced[si]
-            idx = jnp.where(keep, given, idx)
-            h = jnp.where(keep[..., None], jnp.take(codebook, given, axis=0), h)
+    for si in range(len(var.cfg.patch_nums)):
+        carry, idx, logits = scale_step(vae, var, ctx, carry, si, key, settings,
+                                        None if forced is None else forced[si])
         tokens.append(idx)
-        f_hat, nxt = vae.quantize.next_input(si, f_hat, h.reshape(B, pn, pn, -1))
-        if si < SN - 1:
-            nb, ne = begin_ends[si + 1]
-            x = var.word_embed(nxt.reshape(B, ne - nb, -1)) + lvl_pos[nb:ne]
-            x = jnp.concatenate([x, x])
-    return (f_hat, tokens, all_logits) if with_logits else (f_hat, tokens)
+        all_logits.append(logits)
+    return (carry.f_hat, tokens, all_logits) if with_logits else (carry.f_hat, tokens)
 
 
 def to_uint8(images01: jax.Array) -> jax.Array:
@@ -132,6 +163,11 @@ def _sample_program(graphdefs, states, labels, key, forced, settings, uint8):
     f_hat, tokens = generate(vae, var, labels, key, settings, forced)
     images = (vae.fhat_to_img(f_hat) + 1) / 2
     return (to_uint8(images) if uint8 else images), tokens
+
+
+@functools.partial(jax.jit, static_argnames="graphdef")
+def _image_tokens(graphdef, state, images):
+    return nnx.merge(graphdef, state).img_to_idx(images)
 
 
 # -- the Python API -------------------------------------------------------------------------------
@@ -234,6 +270,6 @@ def edit(vae: VQVAE, var: VAR, images: jax.Array, keep: np.ndarray, labels=None,
     B = images.shape[0]
     sampler = Sampler(vae, var, settings, uint8=uint8)
     labels = [-1] * B if labels is None else labels
-    tokens = vae.img_to_idx(images)
+    tokens = _image_tokens(sampler.graphdefs[0], sampler.states[0], images)
     masks = scale_keep_masks(keep, var.cfg.patch_nums, B)
     return sampler(labels, seed=seed, forced=[(t.astype(jnp.int32), m) for t, m in zip(tokens, masks)])

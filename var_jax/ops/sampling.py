@@ -13,11 +13,16 @@ def filter_top_k_top_p(logits: jax.Array, top_k: int = 0, top_p: float = 0.0) ->
     ≤ 1 - p go, and the most likely token always stays.  Exact ties at the top-p boundary are all
     kept (the official order among equal values is unspecified).
     """
-    if top_k > 0 and top_k < logits.shape[-1]:
-        kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
+    vocab = logits.shape[-1]
+    use_k, use_p = 0 < top_k < vocab, top_p > 0
+    if not (use_k or use_p):
+        return logits
+    ascending = jnp.sort(logits, axis=-1)  # one sort serves both filters
+    if use_k:
+        kth = ascending[..., vocab - top_k:vocab - top_k + 1]
         logits = jnp.where(logits < kth, -jnp.inf, logits)
-    if top_p > 0:
-        ascending = jnp.sort(logits, axis=-1)
+        ascending = jnp.where(ascending < kth, -jnp.inf, ascending)  # still ascending: the sorted filtered logits
+    if use_p:
         cum = jnp.cumsum(jax.nn.softmax(ascending, axis=-1), axis=-1)
         remove = (cum <= 1 - top_p).at[..., -1].set(False)
         # The kept entries are a suffix of the ascending order: its first value is the cut-off.
