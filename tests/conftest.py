@@ -29,6 +29,10 @@ from var_jax.models.vqvae import VQVAEConfig
 FIXTURE_PATH = pathlib.Path(__file__).resolve().parent / "fixtures" / "official_tiny.npz"
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: one of the few tests that take more than ~10 s; still run by make test")
+
+
 # -- the recorded official tensors ------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def fixture_path() -> pathlib.Path:

@@ -50,21 +50,27 @@ class SampleResult(NamedTuple):
 
 # -- the traced program ---------------------------------------------------------------------------
 def _cached_blocks(var: VAR, params: dict, x, ada, cache, begin: int, end: int):
-    """Run every block on one scale's tokens (positions [begin, end)), writing their keys and values
-    into the cache and attending over positions [0, end)."""
+    """Run every block on one scale's tokens (positions [begin, end)), attending over positions
+    [0, end).  The cache holds every scale but the last (no later scale reads the last one's keys and
+    values): this scale's keys and values are written into it when it has room, else appended."""
     cfg = var.cfg
+    write = end <= cache[0].shape[2]
 
     def body(carry, xs):
         h, ck, cv = carry
         p, layer = xs
 
         def attend(q, k, v, scale, _key):
-            at = (layer, 0, begin, 0, 0)
-            ck2 = jax.lax.dynamic_update_slice(ck, k[None].astype(ck.dtype), at)
-            cv2 = jax.lax.dynamic_update_slice(cv, v[None].astype(cv.dtype), at)
-            keys = jax.lax.dynamic_index_in_dim(ck2, layer, keepdims=False)[:, :end]
-            values = jax.lax.dynamic_index_in_dim(cv2, layer, keepdims=False)[:, :end]
-            return attention(q, keys, values, scale), (ck2, cv2)
+            if write:
+                at = (layer, 0, begin, 0, 0)
+                ck2 = jax.lax.dynamic_update_slice(ck, k[None].astype(ck.dtype), at)
+                cv2 = jax.lax.dynamic_update_slice(cv, v[None].astype(cv.dtype), at)
+                keys = jax.lax.dynamic_index_in_dim(ck2, layer, keepdims=False)[:, :end]
+                values = jax.lax.dynamic_index_in_dim(cv2, layer, keepdims=False)[:, :end]
+                return attention(q, keys, values, scale), (ck2, cv2)
+            past = lambda c, new: jnp.concatenate(
+                [jax.lax.dynamic_index_in_dim(c, layer, keepdims=False)[:, :begin], new.astype(c.dtype)], axis=1)
+            return attention(q, past(ck, k), past(cv, v), scale), (ck, cv)
 
         h, (ck, cv) = block_forward(p, h, ada, cfg, attend)
         return (h, ck, cv), None
@@ -97,7 +103,7 @@ def start(vae: VQVAE, var: VAR, labels: jax.Array) -> tuple[Context, Carry]:
     lvl_pos = var.level_pos()
     first_l = cfg.begin_ends()[0][1]
     x = cond[:, None, :] + var.pos_start[...][None] + lvl_pos[None, :first_l]
-    cache_shape = (cfg.depth, 2 * B, cfg.seq_len, cfg.num_heads, cfg.head_dim)
+    cache_shape = (cfg.depth, 2 * B, cfg.begin_ends()[-1][0], cfg.num_heads, cfg.head_dim)
     cache = (jnp.zeros(cache_shape, cfg.dtype), jnp.zeros(cache_shape, cfg.dtype))
     side = cfg.patch_nums[-1]
     f_hat = jnp.zeros((B, side, side, vae.cfg.z_channels), jnp.float32)
