@@ -18,8 +18,7 @@ test: $(VENV)/.installed
 	$(PY) -m pytest -q tests
 
 demo: $(VENV)/.installed
-	@echo "The digits demo (train the tokenizer and a small VAR, then sample) arrives with the VAR training work."
-	@echo "Until then: '$(PY) -m var_jax.parity tests/fixtures/official_tiny.npz' checks the models against the official code."
+	$(PY) -m var_jax.demo
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -37,5 +37,9 @@ def init_model(cls, cfg, seed: int = 0):
     """A freshly initialised model, built by one compiled program (eager construction compiles every
     initialiser separately, which dominates start-up on CPU)."""
     graphdef, _ = nnx.split(abstract_model(cls, cfg))
-    state = jax.jit(lambda: nnx.state(cls(cfg, rngs=nnx.Rngs(seed))))()
+    build = jax.jit(lambda: nnx.state(cls(cfg, rngs=nnx.Rngs(seed))))
+    # The program runs once: on CPU, LLVM's optimisations of its many random-number kernels take
+    # several times longer than running them unoptimised.
+    options = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
+    state = build.lower().compile(options)()
     return nnx.merge(graphdef, state)

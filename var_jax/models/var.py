@@ -295,40 +295,56 @@ class VAR(nnx.Module):
         """The stacked block parameters as a plain nested dict of arrays (leading axis = layer)."""
         return nnx.to_pure_dict(nnx.state(self.blocks, nnx.Param))
 
-    def run_blocks(self, x: jax.Array, ada_cond: jax.Array, attend: Attend, key: jax.Array | None = None):
-        """Scan the stacked blocks over x (B, L, C)."""
+    def run_blocks(self, x: jax.Array, ada_cond: jax.Array, attend: Attend, key: jax.Array | None = None,
+                   constrain: Callable[[jax.Array], jax.Array] | None = None):
+        """Scan the stacked blocks over x (B, L, C).  ``constrain`` lays out the residual stream
+        between blocks (under FSDP: split by batch, whole along embed; left alone, XLA may keep
+        it split like the parameters and gather every activation)."""
         cfg = self.cfg
         rates = jnp.asarray(cfg.drop_path_rates())
         keys = None if key is None else jax.random.split(key, cfg.depth)
+        constrain = constrain or (lambda h: h)
 
         def body(h, xs):
             p, rate, k = xs
-            return block_forward(p, h, ada_cond, cfg, attend, drop_path_rate=rate, key=k)[0], None
+            h = block_forward(p, constrain(h), ada_cond, cfg, attend, drop_path_rate=rate, key=k)[0]
+            return constrain(h), None
 
         x, _ = jax.lax.scan(_remat(body, cfg.remat), x, (self.block_params(), rates, keys))
         return x
 
     # -- teacher forcing ---------------------------------------------------------------------------
-    def __call__(self, label: jax.Array, x_tokens: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
+    def __call__(self, label: jax.Array, x_tokens: jax.Array, *, key: jax.Array | None = None,
+                 num_scales: int | None = None,
+                 constrain: Callable[[jax.Array], jax.Array] | None = None) -> jax.Array:
         """Teacher-forced logits (B, L, V).
 
         ``label`` (B,) class ids; ``x_tokens`` (B, L - 1, Cvae) the teacher-forcing input from the
         tokenizer (``idx_to_var_input``).  With ``key`` (training) labels are dropped to the null
-        class with ``cond_drop_rate`` and drop-path / dropout are active.
+        class with ``cond_drop_rate`` and drop-path / dropout are active.  ``num_scales`` (progressive
+        training) runs only the first scales: ``x_tokens`` then holds the first ``L' - pn₀²`` inputs
+        and the logits cover the L' tokens of those scales (the block-causal mask makes them equal
+        to the first L' of the whole sequence's).  ``constrain``: see :meth:`run_blocks`.
         """
         cfg = self.cfg
         B = label.shape[0]
-        want = (B, cfg.seq_len - cfg.patch_nums[0] ** 2, cfg.Cvae)
+        n = len(cfg.patch_nums) if num_scales is None else int(num_scales)
+        if not 1 <= n <= len(cfg.patch_nums):
+            raise ValueError(f"num_scales must be in [1, {len(cfg.patch_nums)}], got {num_scales}")
+        end = cfg.begin_ends()[n - 1][1]
+        want = (B, end - cfg.patch_nums[0] ** 2, cfg.Cvae)
         if tuple(x_tokens.shape) != want:
             raise ValueError(f"x_tokens must have shape {want} (batch, L - first scale, Cvae) for patch_nums "
-                             f"{cfg.patch_nums}, got {tuple(x_tokens.shape)}")
+                             f"{cfg.patch_nums[:n]}, got {tuple(x_tokens.shape)}")
         key_cond, key_blocks = jax.random.split(key) if key is not None else (None, None)
         if key_cond is not None and cfg.cond_drop_rate > 0:
             drop = jax.random.uniform(key_cond, (B,)) < cfg.cond_drop_rate
             label = jnp.where(drop, cfg.num_classes, label)
         cond = self.class_embedding(label)
         sos = cond[:, None, :] + self.pos_start[...][None]
-        x = jnp.concatenate([sos, self.word_embed(x_tokens.astype(jnp.float32))], axis=1) + self.level_pos()[None]
-        mask = jnp.asarray(cfg.attn_mask())
-        x = self.run_blocks(x, self.ada_condition(cond), masked_attention(mask, cfg.attn_drop_rate), key_blocks)
+        x = jnp.concatenate([sos, self.word_embed(x_tokens.astype(jnp.float32))], axis=1)
+        x = x + self.level_pos()[None, :end]
+        mask = jnp.asarray(cfg.attn_mask()[:end, :end])
+        x = self.run_blocks(x, self.ada_condition(cond), masked_attention(mask, cfg.attn_drop_rate), key_blocks,
+                            constrain)
         return self.logits(x, cond)
