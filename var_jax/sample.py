@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from var_jax import parallel
 from var_jax.config import check_compatible
 from var_jax.models.var import VAR, attention, block_forward
 from var_jax.models.vqvae import VQVAE
@@ -95,8 +96,9 @@ class Carry(NamedTuple):
     f_hat: jax.Array
 
 
-def start(vae: VQVAE, var: VAR, labels: jax.Array) -> tuple[Context, Carry]:
-    """The context of a batch of ``labels`` (B,) and the first scale's input: the start tokens."""
+def start(vae: VQVAE, var: VAR, labels: jax.Array, layout: parallel.Layout | None = None) -> tuple[Context, Carry]:
+    """The context of a batch of ``labels`` (B,) and the first scale's input: the start tokens.
+    ``layout`` splits the KV cache over a mesh by batch and heads."""
     cfg = var.cfg
     B = labels.shape[0]
     cond = var.class_embedding(jnp.concatenate([labels, jnp.full_like(labels, cfg.num_classes)]))
@@ -105,6 +107,8 @@ def start(vae: VQVAE, var: VAR, labels: jax.Array) -> tuple[Context, Carry]:
     x = cond[:, None, :] + var.pos_start[...][None] + lvl_pos[None, :first_l]
     cache_shape = (cfg.depth, 2 * B, cfg.begin_ends()[-1][0], cfg.num_heads, cfg.head_dim)
     cache = (jnp.zeros(cache_shape, cfg.dtype), jnp.zeros(cache_shape, cfg.dtype))
+    if layout is not None:
+        cache = tuple(layout.constrain(c, ("layers", "batch", "seq", "heads", None)) for c in cache)
     side = cfg.patch_nums[-1]
     f_hat = jnp.zeros((B, side, side, vae.cfg.z_channels), jnp.float32)
     return Context(cond, var.ada_condition(cond), lvl_pos, var.block_params()), Carry(x, cache, f_hat)
@@ -144,11 +148,12 @@ def scale_step(vae: VQVAE, var: VAR, ctx: Context, carry: Carry, si: int, key: j
 
 
 def generate(vae: VQVAE, var: VAR, labels: jax.Array, key: jax.Array, settings: SamplingSettings,
-             forced: Sequence[tuple[jax.Array, jax.Array]] | None = None, *, with_logits: bool = False):
+             forced: Sequence[tuple[jax.Array, jax.Array]] | None = None, *, with_logits: bool = False,
+             layout: parallel.Layout | None = None):
     """All scales for labels (B,) → (final f̂ (B, h, w, Cvae), token maps[, guided logits per scale]).
     ``forced``, per scale, (tokens (B, pn²), keep (B, pn²) bool): where keep is set the given token
     replaces the sample."""
-    ctx, carry = start(vae, var, labels)
+    ctx, carry = start(vae, var, labels, layout)
     tokens, all_logits = [], []
     for si in range(len(var.cfg.patch_nums)):
         carry, idx, logits = scale_step(vae, var, ctx, carry, si, key, settings,
@@ -163,10 +168,10 @@ def to_uint8(images01: jax.Array) -> jax.Array:
     return jnp.clip(jnp.floor(images01 * 255 + 0.5), 0, 255).astype(jnp.uint8)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdefs", "settings", "uint8"))
-def _sample_program(graphdefs, states, labels, key, forced, settings, uint8):
+@functools.partial(jax.jit, static_argnames=("graphdefs", "settings", "uint8", "layout"))
+def _sample_program(graphdefs, states, labels, key, forced, settings, uint8, layout=None):
     vae, var = nnx.merge(graphdefs[0], states[0]), nnx.merge(graphdefs[1], states[1])
-    f_hat, tokens = generate(vae, var, labels, key, settings, forced)
+    f_hat, tokens = generate(vae, var, labels, key, settings, forced, layout=layout)
     images = (vae.fhat_to_img(f_hat) + 1) / 2
     return (to_uint8(images) if uint8 else images), tokens
 
@@ -182,15 +187,38 @@ class Sampler:
 
     >>> sampler = Sampler(vae, var, SamplingSettings(cfg=4, top_k=900, top_p=0.95))
     >>> result = sampler([207, 360, 387], seed=0)
+
+    With a ``mesh`` (var_jax.parallel.make_mesh) the batch is split over its ``data`` and ``fsdp``
+    axes and the parameters are laid out by ``rules`` (default: ``logical_rules`` of the mesh's
+    sizes: FSDP over ``fsdp``, tensor parallel over ``model``), so a model too big for one device
+    samples on several and every process of a multi-host job takes part (each passes the same
+    labels and key).  Batches must then be multiples of :attr:`batch_multiple`.
     """
 
     def __init__(self, vae: VQVAE, var: VAR, settings: SamplingSettings = SamplingSettings(), *,
-                 uint8: bool = True):
+                 uint8: bool = True, mesh: jax.sharding.Mesh | None = None, rules=None):
         check_compatible(vae.cfg, var.cfg)
         self.num_classes = var.cfg.num_classes
         self.settings, self.uint8 = settings, uint8
         (g_vae, s_vae), (g_var, s_var) = nnx.split(vae), nnx.split(var)
         self.graphdefs, self.states = (g_vae, g_var), (s_vae, s_var)
+        self.layout, self.batch_multiple = None, 1
+        if mesh is not None:
+            self.layout = parallel.Layout.of(mesh, rules)
+            rules = dict(self.layout.rules)
+            self.states = parallel.place(self.states, parallel.shardings(self.states, mesh, rules))
+            self.batch_multiple = parallel.batch_shards(mesh, rules)
+
+    def _on_mesh(self, labels: jax.Array, key: jax.Array, forced):
+        """Labels, key and forced tokens as global arrays of the mesh: the batch split, the key whole."""
+        mesh, rules = self.layout.mesh, dict(self.layout.rules)
+        if labels.shape[0] % self.batch_multiple:
+            raise ValueError(f"a batch of {labels.shape[0]} cannot be split over {self.batch_multiple} devices: use a "
+                             f"multiple of {self.batch_multiple}")
+        split = lambda x: parallel.place(np.asarray(x), parallel.batch_sharding(mesh, rules, np.ndim(x)))  # noqa: E731
+        key = parallel.place(np.asarray(jax.random.key_data(key)), parallel.replicated(mesh))
+        forced = None if forced is None else [tuple(split(a) for a in pair) for pair in forced]
+        return split(labels), jax.random.wrap_key_data(key), forced
 
     def labels(self, labels: Sequence[int] | np.ndarray | None, batch: int | None, key: jax.Array) -> jax.Array:
         """Class ids → an int32 array; None draws ``batch`` uniformly; -1 (or num_classes) = unconditional."""
@@ -209,14 +237,19 @@ class Sampler:
                  forced=None) -> SampleResult:
         key = jax.random.key(seed) if key is None else key
         labels = self.labels(labels, batch, key)
-        images, tokens = _sample_program(self.graphdefs, self.states, labels, key, forced, self.settings, self.uint8)
+        if self.layout is not None:
+            labels, key, forced = self._on_mesh(labels, key, forced)
+        images, tokens = _sample_program(self.graphdefs, self.states, labels, key, forced, self.settings, self.uint8,
+                                         self.layout)
         return SampleResult(images, tokens, labels)
 
     def lower(self, batch: int, forced=None):
         """The program for ``batch`` images, lowered (``.compile()`` it to time compilation)."""
-        labels = jnp.zeros((batch,), jnp.int32)
-        return _sample_program.lower(self.graphdefs, self.states, labels, jax.random.key(0), forced,
-                                     self.settings, self.uint8)
+        labels, key = jnp.zeros((batch,), jnp.int32), jax.random.key(0)
+        if self.layout is not None:
+            labels, key, forced = self._on_mesh(labels, key, forced)
+        return _sample_program.lower(self.graphdefs, self.states, labels, key, forced, self.settings, self.uint8,
+                                     self.layout)
 
 
 def sample(vae: VQVAE, var: VAR, labels=None, *, seed: int = 0, batch: int | None = None,
