@@ -27,7 +27,7 @@ from var_jax.eval.inception_weights import (from_pth_state_dict, load_inception,
                                             torchscript_to_pth_names)
 from var_jax.eval.metrics import (GaussianStats, frechet_distance, gaussian_stats, inception_score, knn_radii,
                                   precision_recall)
-from var_jax.eval.scaling import FLOPS_PER_PF_DAY, fit_power_law
+from var_jax.eval.scaling import FLOPS_PER_PF_DAY, PowerLawFit, fit_power_law
 from var_jax.eval.token_metrics import evaluate_tokens
 from var_jax.models.state import flat_state, init_model
 from var_jax.models.var import VAR
@@ -383,8 +383,13 @@ def test_scaling_fit_recovers_alpha_and_beta(tmp_path, capsys):
     # with 1% multiplicative noise the estimate stays close and r stays strongly negative
     rng = np.random.default_rng(5)
     noisy = (beta * params) ** alpha * np.exp(rng.normal(0, 0.01, len(params)))
-    a, b, r = fit_power_law(params, noisy)
+    a, log10_b, r = fit_power_law(params, noisy)
     assert abs(a - alpha) < 0.02 and r < -0.8
+    # a nearly flat law: β = 10^(intercept/α) is far outside float range, yet the fit and its curve stay exact
+    a, log10_b, _ = fit_power_law(params, 50.0 * params ** -1e-4)
+    assert a == pytest.approx(-1e-4, rel=1e-6) and log10_b == pytest.approx(np.log10(50.0) / -1e-4, rel=1e-6)
+    flat = PowerLawFit("params", "Err_avg", a, log10_b, -1.0, len(params))
+    assert flat.beta == 0.0 and np.allclose(flat(params), 50.0 * params ** -1e-4, rtol=1e-9)
 
 
 def test_scaling_results_errors_are_explained(tmp_path, capsys):

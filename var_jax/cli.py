@@ -60,8 +60,11 @@ def _load_models(args):
 
 
 def _settings(args):
-    from var_jax.sample import SamplingSettings
-    return SamplingSettings(cfg=args.cfg, top_k=args.top_k, top_p=args.top_p, more_smooth=args.more_smooth)
+    """The sampling flags; those not given are the official evaluation settings."""
+    from var_jax.sample import OFFICIAL_SETTINGS, SamplingSettings
+    given = {k: getattr(args, k) for k in ("cfg", "top_k", "top_p") if getattr(args, k) is not None}
+    return SamplingSettings(**{"cfg": OFFICIAL_SETTINGS.cfg, "top_k": OFFICIAL_SETTINGS.top_k,
+                               "top_p": OFFICIAL_SETTINGS.top_p, **given}, more_smooth=args.more_smooth)
 
 
 def _sample(args: argparse.Namespace, overrides: list[str]) -> None:
@@ -74,10 +77,14 @@ def _sample(args: argparse.Namespace, overrides: list[str]) -> None:
     if args.num:
         if not args.npz:
             raise ValueError("--num writes an evaluation file: give --npz OUT.npz")
+        from var_jax import parallel
+        mesh_sizes = parallel.parse_mesh(args.mesh)  # checked before anything starts
+        parallel.initialize_distributed()  # a no-op on one host; all processes share the work
         vae, var = _load_models(args)
         from var_jax.sample_npz import write_evaluation_npz
-        write_evaluation_npz(Sampler(vae, var, settings), args.npz, num=args.num, per_class=args.per_class,
-                             batch=args.batch, seed=args.seed)
+        mesh = parallel.make_mesh({"mesh": mesh_sizes})
+        write_evaluation_npz(Sampler(vae, var, settings, mesh=mesh), args.npz, num=args.num,
+                             per_class=args.per_class, batch=args.batch, seed=args.seed)
         return
     if not args.out:
         raise ValueError("give --out GRID.png (or --num N --npz OUT.npz for an evaluation set)")
@@ -192,6 +199,33 @@ def _scaling_fit(args: argparse.Namespace, overrides: list[str]) -> None:
     print(json.dumps(scaling_fit(args.results, args.out)))
 
 
+def _scaling_sweep(args: argparse.Namespace, overrides: list[str]) -> int:
+    import json
+
+    from var_jax.config import load_config
+    from var_jax.eval.scaling_sweep import SweepStopped, check_sweep, run_sweep
+    from var_jax.train.var_trainer import NonFiniteLoss
+
+    config = load_config(args.config, overrides)
+    check_sweep(config)  # a bad sweep fails before anything trains
+    try:
+        result = run_sweep(config, args.workdir)
+    except (SweepStopped, NonFiniteLoss) as e:
+        print(f"var-jax scaling-sweep: stopped: {e}", file=sys.stderr)
+        return 3
+    print(json.dumps({k: result[k] for k in ("fits", "num_models", "trained")}))
+    print(f"wrote {result['results']} and {result['plot']}")
+    return 0
+
+
+RUN_DIR_HELP = "run directory; an existing run in it is resumed"
+
+
+def _add_run_args(p: argparse.ArgumentParser, workdir_help: str = RUN_DIR_HELP) -> None:
+    p.add_argument("--config", required=True, help="a config name in configs/ or a path to one")
+    p.add_argument("--workdir", required=True, help=workdir_help)
+
+
 def _add_eval_commands(sub) -> None:
     p = sub.add_parser("eval", help="FID, IS, precision and recall of samples against a reference",
                        description="Evaluate an ADM-format sample file (arr_0: uint8 (N, H, W, 3), as `var-jax sample "
@@ -218,6 +252,90 @@ def _add_eval_commands(sub) -> None:
     p.add_argument("--out", help="plot PNG (default: RESULTS_scaling.png next to the results file)")
     p.set_defaults(run=_scaling_fit)
 
+    p = sub.add_parser("scaling-sweep", help="train VARs of several depths and fit scaling laws to their test metrics",
+                       description="Train one VAR per depth of the config's sweep section (configs/scaling_digits.py) "
+                                   "on token maps written once, measure each one's held-out L_last, L_avg, Err_last "
+                                   "and Err_avg, count its parameters and training FLOPs, append a line per model "
+                                   "to WORKDIR/results.jsonl, then fit and plot as scaling-fit does "
+                                   "(WORKDIR/scaling.png). Resumable: depths already in results.jsonl are skipped. "
+                                   "--config.key=value overrides the config, e.g. --config.sweep.depths=1,2,3 "
+                                   "--config.tokenizer=DIR (an existing tokenizer instead of training one).")
+    _add_run_args(p, "sweep directory; a sweep in it is resumed")
+    p.set_defaults(run=_scaling_sweep)
+
+
+def _add_plan_command(sub) -> None:
+    from var_jax import plan
+    p = sub.add_parser("plan", help="per-device memory of training and sampling on a mesh, before renting it",
+                       description="Compile the VAR train step (and, with --sample-batch, the sampler) for a mesh "
+                                   "on fake CPU devices and print the per-device bytes of parameters, optimizer "
+                                   "state and temporaries from the compiled programs. --config.key=value overrides "
+                                   "the config (e.g. --config.var.remat=full).")
+    plan.build_parser(p)
+    p.set_defaults(run=plan.run)
+
+
+# -- VAR training: train, tokenize ---------------------------------------------------------------------
+def _train(args: argparse.Namespace, overrides: list[str]) -> int:
+    from var_jax.config import load_config
+    from var_jax.parallel import initialize_distributed
+
+    config = load_config(args.config, overrides)  # a bad config fails before anything starts
+    initialize_distributed()
+    from var_jax.train.var_trainer import NonFiniteLoss, train_var
+    try:
+        result = train_var(config, args.workdir)
+    except NonFiniteLoss as e:
+        print(f"var-jax train: stopped: {e}", file=sys.stderr)
+        return 3
+    if result["stopped_by"]:
+        print(f"stopped at step {result['step']} ({result['stopped_by']}); run the same command to resume")
+    return 0
+
+
+def _tokenize(args: argparse.Namespace, overrides: list[str]) -> None:
+    from var_jax.checkpoint import load_pretrained
+    from var_jax.config import load_config
+    from var_jax.data import pipeline
+    from var_jax.data.tokenized import write_tokens
+    from var_jax.train.var_trainer import check_config, check_tokenizer
+
+    config = load_config(args.config, overrides)
+    vae_cfg, _ = check_config(config)
+    tokenizer = check_tokenizer(config, vae_cfg)
+    if args.crops < 1 or args.batch < 1:
+        raise ValueError(f"--crops and --batch must be at least 1, got {args.crops} and {args.batch}")
+    train_src, _ = pipeline.sources(config.data)
+    vae = load_pretrained(tokenizer).vae
+    write_tokens(vae, train_src, args.out, image_size=int(config.img_size), crops=args.crops,
+                 seed=int(config.train.seed), batch_size=args.batch, hflip=bool(config.data.hflip),
+                 num_threads=int(config.data.num_threads),
+                 description={"name": config.data.name, "root": config.data.root})
+    print(f"train on them with --config.data.tokens={args.out}")
+
+
+def _add_train_commands(sub) -> None:
+    p = sub.add_parser("train", help="train a VAR (resumes a run in --workdir)",
+                       description="Train a VAR with the official recipe (configs/var_d16.py ... var_d36s_512.py, "
+                                   "demo_digits.py); --config.key=value overrides the config, e.g. "
+                                   "--config.tokenizer=DIR --config.data.root=DIR --config.mesh.fsdp=8. The work "
+                                   "directory gets checkpoints/, metrics.jsonl, tensorboard/, samples/ and, at the end, "
+                                   "model/ (for var-jax sample). SIGTERM saves a checkpoint and exits; run the same "
+                                   "command to resume.")
+    _add_run_args(p)
+    p.set_defaults(run=_train)
+
+    p = sub.add_parser("tokenize", help="write a training set's token maps once, for training without the encoder",
+                       description="Tokenize the training images of a VAR config (its data section and tokenizer) "
+                                   "with random crops as in training, into a directory that "
+                                   "--config.data.tokens=DIR trains from. Resumable; an existing directory with the "
+                                   "same settings is reused.")
+    p.add_argument("--config", required=True, help="a config name in configs/ or a path to one")
+    p.add_argument("--out", required=True, help="the token directory to write")
+    p.add_argument("--crops", type=int, default=1, help="random crops per image (default 1)")
+    p.add_argument("--batch", type=int, default=64, help="images per compiled call (default 64)")
+    p.set_defaults(run=_tokenize)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="var-jax", description="VAR (next-scale prediction) in JAX.")
@@ -240,9 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     def sampling_options(p):
         p.add_argument("--ckpt", required=True, help="var-jax model directory (from `var-jax convert` or training)")
-        p.add_argument("--cfg", type=float, default=1.5, help="classifier-free guidance at the last scale (default 1.5)")
-        p.add_argument("--top-k", type=int, default=900, help="0 = off (default 900)")
-        p.add_argument("--top-p", type=float, default=0.96, help="0 = off (default 0.96)")
+        p.add_argument("--cfg", type=float, help="classifier-free guidance at the last scale (default 1.5)")
+        p.add_argument("--top-k", type=int, help="0 = off (default 900)")
+        p.add_argument("--top-p", type=float, help="0 = off (default 0.96)")
         p.add_argument("--more-smooth", action="store_true", help="Gumbel-softmax smoothing (visualisation only)")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--dtype", default=None, help="compute dtype, e.g. bfloat16 on GPU/TPU (default float32)")
@@ -260,6 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokens", help="also write the token maps to this .npz")
     p.add_argument("--num", type=int, help="number of images for an evaluation set")
     p.add_argument("--npz", help="evaluation output (.npz) with --num")
+    p.add_argument("--mesh", default="", help="with --num: devices as data=..,fsdp=..,model=.. (default: every "
+                                               "device of every process on data; fsdp/model shard the parameters)")
     p.set_defaults(run=_sample)
 
     p = sub.add_parser("edit", help="zero-shot in-painting, out-painting and class-conditional editing",
@@ -274,10 +394,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokens", help="also write the result's and the image's token maps and the keep mask (.npz)")
     p.set_defaults(run=_edit)
 
+    p = sub.add_parser("train-tokenizer", help="train the multi-scale VQ tokenizer (resumes a run in --workdir)",
+                       description="Train a tokenizer from a config (configs/vqvae_digits.py, vqvae_emoji.py, "
+                                   "vqvae_f16.py); --config.key=value overrides it. The work directory gets "
+                                   "checkpoints/, metrics.jsonl, tensorboard/, eval/*.png and, at the end, "
+                                   "tokenizer/ (a model directory for load_pretrained and the sampler).")
+    _add_run_args(p)
+
+    def _train_tokenizer(args: argparse.Namespace, overrides: list[str]) -> None:
+        from var_jax.config import load_config
+        from var_jax.train.tokenizer_trainer import train_tokenizer
+        train_tokenizer(load_config(args.config, overrides), args.workdir)
+    p.set_defaults(run=_train_tokenizer)
+
     p = sub.add_parser("parity", help="check against tensors recorded from the official code")
     p.add_argument("fixture")
     p.set_defaults(run=_parity)
     _add_eval_commands(sub)
+    _add_plan_command(sub)
+    _add_train_commands(sub)
     return parser
 
 

@@ -24,8 +24,6 @@ MB = 1 << 20
 # The function the VAR trainer provides: lower_train_step(config, mesh, batch_size) -> jax.stages.Lowered,
 # the real train step for a global batch, lowered for ``mesh`` from abstract inputs.
 TRAIN_STEP_BUILDER = ("var_jax.train.var_trainer", "lower_train_step")
-# What `var-jax sample` uses unless told otherwise (top-k and top-p change the program).
-CLI_SAMPLING = {"cfg": 1.5, "top_k": 900, "top_p": 0.96}
 
 
 def _use_fake_devices(count: int) -> None:
@@ -92,9 +90,9 @@ def sampler_memory(vae_cfg, var_cfg, mesh, rules, batch: int, settings=None) -> 
     from var_jax.models.state import abstract_model
     from var_jax.models.var import VAR
     from var_jax.models.vqvae import VQVAE
-    from var_jax.sample import Sampler, SamplingSettings
+    from var_jax.sample import OFFICIAL_SETTINGS, Sampler
 
-    settings = SamplingSettings(**CLI_SAMPLING) if settings is None else settings
+    settings = OFFICIAL_SETTINGS if settings is None else settings
     sampler = Sampler(abstract_model(VQVAE, vae_cfg), abstract_model(VAR, var_cfg), settings, mesh=mesh,
                       rules=rules)
     return compiled_memory(sampler.lower(batch).compile())

@@ -43,6 +43,10 @@ class SamplingSettings:
             raise ValueError(f"top_p must be in (0, 1], or 0 to switch it off; got {self.top_p}")
 
 
+# The official evaluation settings (VAR's README: cfg 1.5, top-k 900, top-p 0.96): `var-jax sample`'s defaults.
+OFFICIAL_SETTINGS = SamplingSettings(cfg=1.5, top_k=900, top_p=0.96)
+
+
 class SampleResult(NamedTuple):
     images: jax.Array        # (B, H, W, 3): uint8, or float32 in [0, 1]
     tokens: list[jax.Array]  # per scale (B, pn²), row-major

@@ -47,12 +47,19 @@ class PowerLawFit:
     x: str        # "params" or "compute"
     metric: str
     alpha: float
-    beta: float
+    log10_beta: float  # β itself under- or overflows a float when α is tiny (β = 10^(intercept/α))
     r: float      # Pearson correlation of log x and log metric
     n: int
 
+    @property
+    def beta(self) -> float:
+        return float(10.0 ** self.log10_beta) if abs(self.log10_beta) < 300 else (0.0 if self.log10_beta < 0 else math.inf)
+
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        return (self.beta * np.asarray(x, np.float64)) ** self.alpha
+        return 10.0 ** (self.alpha * (self.log10_beta + np.log10(np.asarray(x, np.float64))))
+
+    def as_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "beta": self.beta}
 
 
 def _positive(line_no: int, key: str, value) -> float:
@@ -90,12 +97,12 @@ def read_results(path: str | os.PathLike) -> list[ModelResult]:
 
 
 def fit_power_law(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
-    """(α, β, r) of y = (β·x)^α, least squares in log-log space."""
-    lx, ly = np.log(np.asarray(x, np.float64)), np.log(np.asarray(y, np.float64))
+    """(α, log10 β, r) of y = (β·x)^α, least squares in log-log space."""
+    lx, ly = np.log10(np.asarray(x, np.float64)), np.log10(np.asarray(y, np.float64))
     if len(lx) < 2 or np.ptp(lx) == 0:
         raise ValueError("a power-law fit needs at least two different x values")
     alpha, intercept = np.polyfit(lx, ly, 1)
-    return float(alpha), float(np.exp(intercept / alpha)), float(np.corrcoef(lx, ly)[0, 1])
+    return float(alpha), float(intercept / alpha), float(np.corrcoef(lx, ly)[0, 1])
 
 
 def fit_all(results: list[ModelResult]) -> list[PowerLawFit]:
@@ -117,6 +124,7 @@ def plot_fits(results: list[ModelResult], fits: list[PowerLawFit], path: str | o
     """Log-log panels, one row per X (parameters, compute) and one column per metric: the models as
     points, the fit as a line, α, β and r in the legend."""
     import matplotlib
+    import matplotlib.ticker
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -138,7 +146,8 @@ def plot_fits(results: list[ModelResult], fits: list[PowerLawFit], path: str | o
             for xi, yi, name in pts:
                 ax.annotate(name, (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7)
             ax.loglog(line, fit(line), "--", color="tab:red",
-                      label=f"{metric} = ({fit.beta:.3g}·X)^{fit.alpha:.4f}\nr = {fit.r:.4f}")
+                      label=f"{metric} = (10^{fit.log10_beta:.3g}·X)^{fit.alpha:.4f}\nr = {fit.r:.4f}")
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # narrow ranges label every minor tick
             ax.set_xlabel(X_LABELS[axis])
             ax.set_ylabel(metric + (" (%)" if metric.startswith("Err") else ""))
             ax.legend(fontsize=8)
@@ -157,4 +166,4 @@ def scaling_fit(results_path: str | os.PathLike, plot_path: str | os.PathLike | 
     fits = fit_all(results)
     plot_path = plot_path or pathlib.Path(results_path).with_name(pathlib.Path(results_path).stem + "_scaling.png")
     plot = plot_fits(results, fits, plot_path)
-    return {"fits": [dataclasses.asdict(f) for f in fits], "plot": str(plot), "num_models": len(results)}
+    return {"fits": [f.as_dict() for f in fits], "plot": str(plot), "num_models": len(results)}
