@@ -14,8 +14,9 @@ $(VENV)/.installed: setup.py
 
 install: $(VENV)/.installed
 
+# Test files run in parallel processes (most of a test's time is XLA compiling, one core each).
 test: $(VENV)/.installed
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n auto --maxprocesses 4 tests
 
 demo: $(VENV)/.installed
 	$(PY) -m var_jax.demo

@@ -30,7 +30,7 @@ setup(
     extras_require={
         # torch is only needed to read official .pth files; the converter core works on numpy dicts.
         "convert": ["torch>=2.1"],
-        "dev": ["pytest>=8.0", "pytest-timeout>=2.3"],
+        "dev": ["pytest>=8.0", "pytest-timeout>=2.3", "pytest-xdist>=3.5"],
     },
     entry_points={"console_scripts": ["var-jax=var_jax.cli:main"]},
 )

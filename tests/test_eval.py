@@ -260,7 +260,7 @@ def test_eval_command_explains_bad_inputs(tmp_path, capsys, weights_npz, monkeyp
         "missing.npz": "no such file",
         "float.npz": (dict(arr_0=np.zeros((4, 8, 8, 3), np.float32)), "must be uint8"),
         "grey.npz": (dict(arr_0=np.zeros((4, 8, 8), np.uint8)), r"must be \(N, H, W, 3\)"),
-        "nokey.npz": (dict(images=np.zeros((4, 8, 8, 3), np.uint8)), r"has no 'arr_0' array \(it has \['images'\]\)"),
+        "nokey.npz": (dict(pictures=np.zeros((4, 8, 8, 3), np.uint8)), r"has no 'arr_0' array \(it has \['pictures'\]\)"),
         "one.npz": (dict(arr_0=np.zeros((1, 8, 8, 3), np.uint8)), "FID needs at least 2"),
     }
     for name, case in cases.items():
@@ -271,6 +271,10 @@ def test_eval_command_explains_bad_inputs(tmp_path, capsys, weights_npz, monkeyp
         code, out, err = _run(capsys, "eval", "--samples", path, "--ref", good, "--inception", weights_npz)
         assert code == 2 and out == "", name
         assert err.startswith("var-jax eval: error:") and re.search(case, err), (name, err)
+    demo = tmp_path / "demo_samples.npz"  # the demo's samples.npz: images and labels
+    np.savez(demo, images=np.zeros((4, 8, 8, 3), np.uint8), labels=np.arange(4))
+    code, out, _ = _run(capsys, "eval", "--samples", demo, "--ref", good, "--inception", weights_npz, "--batch", 4)
+    assert code == 0 and json.loads(out)["num_samples"] == 4
     code, _, err = _run(capsys, "eval", "--samples", good, "--ref", tmp_path / "nope", "--inception", weights_npz)
     assert code == 2 and "no such reference" in err
     monkeypatch.delenv("VAR_JAX_INCEPTION", raising=False)

@@ -78,8 +78,9 @@ def local_data_mesh() -> jax.sharding.Mesh | None:
 
 
 def sample_images(path: str | os.PathLike) -> NpzImages:
-    """The images of a sample file, checked to be enough for the statistics."""
-    images = NpzImages(path)
+    """The images of a sample file (``arr_0``, or ``images`` as the demo writes them), checked to be
+    enough for the statistics."""
+    images = NpzImages(path, "images" if "arr_0" not in npz_keys(path) and "images" in npz_keys(path) else "arr_0")
     if len(images) < 2:
         raise ValueError(f"{path} holds {len(images)} image(s); FID needs at least 2 (the protocol uses 50,000)")
     return images
