@@ -22,6 +22,7 @@ import json
 import math
 import os
 import pathlib
+from typing import Any
 
 import numpy as np
 
@@ -68,18 +69,25 @@ def _positive(line_no: int, key: str, value) -> float:
     return float(value)
 
 
+def json_lines(path: pathlib.Path) -> list[tuple[int, Any]]:
+    """(line number, value) of every non-blank line of a JSON-lines file; a line that is not JSON is
+    an error naming it."""
+    out = []
+    for line_no, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                out.append((line_no, json.loads(line)))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path} line {line_no} is not JSON ({e}); fix or remove that line") from e
+    return out
+
+
 def read_results(path: str | os.PathLike) -> list[ModelResult]:
     path = pathlib.Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such results file: {path}")
     out = []
-    for line_no, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} line {line_no} is not JSON: {e}") from e
+    for line_no, row in json_lines(path):
         if not isinstance(row, dict) or "params" not in row:
             raise ValueError(f"{path} line {line_no}: each line is an object with at least 'params' and one of "
                              f"{', '.join(METRICS)}")

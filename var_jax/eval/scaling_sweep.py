@@ -29,7 +29,7 @@ import time
 
 import ml_collections
 
-from var_jax.eval.scaling import MIN_POINTS, scaling_fit
+from var_jax.eval.scaling import MIN_POINTS, json_lines, scaling_fit
 
 RESULTS_FILE = "results.jsonl"
 PLOT_FILE = "scaling.png"
@@ -118,17 +118,7 @@ def read_done(path: pathlib.Path) -> dict[int, dict]:
     """The results lines already written, by depth."""
     if not path.is_file():
         return {}
-    done = {}
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} line {n} is not JSON ({e}); remove that line to train that model again") from e
-        if isinstance(row, dict) and "depth" in row:
-            done[int(row["depth"])] = row
-    return done
+    return {int(row["depth"]): row for _, row in json_lines(path) if isinstance(row, dict) and "depth" in row}
 
 
 def append_result(path: pathlib.Path, row: dict) -> None:
