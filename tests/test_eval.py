@@ -201,8 +201,9 @@ sharded = InceptionFeatures(StandIn(), batch_size=8, mesh=mesh)
 plain = InceptionFeatures(StandIn(), batch_size=8)
 spec = sharded.lower((6, 6, 3)).compile().input_shardings[0][1]
 a, b = sharded.of_batches([images[:7], images[7:]]), plain(images)
-print(len(jax.devices()), spec.spec == jax.sharding.PartitionSpec("data"), spec.mesh.shape["data"], float(np.abs(a.pool - b.pool).max()),
-      float(np.abs(a.logits - b.logits).max()), a.pool.shape)
+rel = lambda x, y: float(np.abs(x - y).max() / np.abs(y).max())
+print(len(jax.devices()), spec.spec == jax.sharding.PartitionSpec("data"), spec.mesh.shape["data"], rel(a.pool, b.pool),
+      rel(a.logits, b.logits), a.pool.shape)
 """
 
 
@@ -213,7 +214,9 @@ def test_feature_batches_are_split_over_the_data_axis():
     assert proc.returncode == 0, proc.stderr
     devices, spec, size, pool_err, logit_err, shape = proc.stdout.split(maxsplit=5)
     assert (devices, spec, size, shape.strip()) == ("4", "True", "4", "(10, 5)")
-    assert float(pool_err) == 0.0 and float(logit_err) == 0.0  # same per-image arithmetic on every device
+    # Another program layout may reduce in another order: equal within float32 rounding, not bit for bit
+    # (a CPU with AVX-512 differed by 3e-5 absolute on values near 1e3, i.e. ~3e-8 relative).
+    assert float(pool_err) <= 1e-6 and float(logit_err) <= 1e-6
 
 
 # -- the eval command ------------------------------------------------------------------------------------
