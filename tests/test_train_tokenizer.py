@@ -17,7 +17,8 @@ from var_jax.checkpoint import load_pretrained
 from var_jax.config import load_config
 from var_jax.models.quant import MultiScaleQuantizer
 from var_jax.models.state import flat_state
-from var_jax.train import codebook, losses
+from var_jax import objectives
+from var_jax.train import codebook
 from var_jax.train.lpips import default_weights_path, load_lpips, read_weights
 from var_jax.train.metrics import METRICS_FILE
 from var_jax.train.tokenizer_trainer import TokenizerTrainer, check_config, default_config
@@ -30,7 +31,7 @@ TOL = 1e-6
 def test_pixel_loss_value_and_gradient():
     target = jnp.zeros((1, 2, 2, 1))
     d = jnp.array([0.5, -1.0, 2.0, -0.25]).reshape(1, 2, 2, 1)  # no zero: |·| has no derivative there
-    value, grad = jax.value_and_grad(lambda r: losses.pixel_loss(r, target, 1.0, 0.5))(d)
+    value, grad = jax.value_and_grad(lambda r: objectives.pixel_loss(r, target, 1.0, 0.5))(d)
     # mean|d| = 3.75/4, mean d² = 5.3125/4
     np.testing.assert_allclose(value, 3.75 / 4 + 0.5 * 5.3125 / 4, rtol=TOL)
     # d/dd = (sign(d) + 2·0.5·d) / 4
@@ -39,22 +40,22 @@ def test_pixel_loss_value_and_gradient():
 
 def test_hinge_and_generator_losses():
     real, fake = jnp.array([2.0, 0.5]), jnp.array([-2.0, 0.0])
-    value, (g_real, g_fake) = jax.value_and_grad(losses.hinge_d_loss, argnums=(0, 1))(real, fake)
+    value, (g_real, g_fake) = jax.value_and_grad(objectives.hinge_d_loss, argnums=(0, 1))(real, fake)
     # ½·(mean(relu(1 − real)) + mean(relu(1 + fake))) = ½·(0.25 + 0.5)
     np.testing.assert_allclose(value, 0.375, rtol=TOL)
     np.testing.assert_allclose(g_real, [0.0, -0.25], atol=TOL)  # only margins that are violated push
     np.testing.assert_allclose(g_fake, [0.0, 0.25], atol=TOL)
-    value, grad = jax.value_and_grad(losses.generator_loss)(jnp.array([1.0, 3.0]))
+    value, grad = jax.value_and_grad(objectives.generator_loss)(jnp.array([1.0, 3.0]))
     np.testing.assert_allclose(value, -2.0, rtol=TOL)
     np.testing.assert_allclose(grad, [-0.5, -0.5], rtol=TOL)
 
 
 def test_adaptive_weight():
     a, b = jnp.array([3.0, 4.0]), jnp.array([0.0, 1.0])
-    np.testing.assert_allclose(losses.adaptive_weight(a, b), 5.0 / (1.0 + 1e-4), rtol=TOL)
-    assert float(losses.adaptive_weight(a, jnp.zeros(2))) == losses.ADAPTIVE_WEIGHT_MAX  # 5 / 1e-4, clipped
+    np.testing.assert_allclose(objectives.adaptive_weight(a, b), 5.0 / (1.0 + 1e-4), rtol=TOL)
+    assert float(objectives.adaptive_weight(a, jnp.zeros(2))) == objectives.ADAPTIVE_WEIGHT_MAX  # 5 / 1e-4, clipped
     # held constant: no gradient flows into either norm
-    grads = jax.grad(lambda x, y: losses.adaptive_weight(x, y), argnums=(0, 1))(a, b)
+    grads = jax.grad(lambda x, y: objectives.adaptive_weight(x, y), argnums=(0, 1))(a, b)
     assert all(np.all(np.asarray(g) == 0) for g in grads)
 
 
@@ -283,7 +284,7 @@ def test_adversarial_step_gradient_is_the_weighted_sum(run):
         def parts(params):
             recon, vq, _ = nnx.merge(graph, params, state["vae_stats"])(x)
             disc = nnx.merge(trainer._disc_graph, state["disc"])
-            return jnp.stack([losses.pixel_loss(recon, x, s.l1, s.l2), vq, losses.generator_loss(disc(recon))])
+            return jnp.stack([objectives.pixel_loss(recon, x, s.l1, s.l2), vq, objectives.generator_loss(disc(recon))])
         jac = jax.jacrev(parts)(params)
         return [jax.tree.map(lambda g: g[k], jac) for k in range(3)]
     g_nll, g_vq, g_gen = grads(state["vae"])

@@ -104,7 +104,7 @@ def test_recipe_lengths_and_progressive_stages_follow_train_py():
 def test_progressive_truncation_equals_the_whole_sequence_prefix():
     """A progressive stage teacher-forces only the first scales; under the block-causal mask its logits
     equal the first L' of the whole sequence's, and the newest scale's weight multiplies its 1/L."""
-    from var_jax.train.var_step import loss_weights
+    from var_jax.objectives import loss_weights
     cfg = VARConfig(**tiny_var())
     model = init_model(VAR, cfg)
     rng = np.random.default_rng(0)

@@ -32,6 +32,8 @@ import optax
 from flax import nnx
 from PIL import Image
 
+from var_jax.data.transforms import to_model_range
+
 DEFAULT_CONFIG = "demo_digits"
 DEFAULT_OUT = pathlib.Path("outputs") / "demo"
 
@@ -46,7 +48,7 @@ class SmallCNN(nnx.Module):
         self.out = nnx.Linear(64 * 8 * 8, num_classes, rngs=rngs)
 
     def __call__(self, images_uint8: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
-        x = images_uint8.astype(jnp.float32) / 127.5 - 1.0
+        x = to_model_range(images_uint8)
         x = jax.nn.relu(self.conv2(jax.nn.relu(self.conv1(x))))
         x = x.reshape(x.shape[0], -1)
         if dropout_key is not None:  # training: dropout 0.3 on the features
@@ -211,7 +213,7 @@ def run(config, out: str | pathlib.Path) -> dict:
     real = _centre32(_pad_to_36(heldout.images[picks]))
     size = int(config.img_size)
     keep = box_keep_mask((0, size / 2, size, size), size, var.cfg.patch_nums[-1], "inpaint")  # redo the lower half
-    painted = np.asarray(edit(vae, var, jnp.asarray(real, jnp.float32) / 127.5 - 1, keep,
+    painted = np.asarray(edit(vae, var, to_model_range(jnp.asarray(real)), keep,
                               heldout.labels[picks].tolist(), seed=int(config.train.seed), settings=settings).images)
     masked = real.copy()
     masked[:, size // 2:] = 128

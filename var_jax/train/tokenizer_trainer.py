@@ -42,12 +42,13 @@ from var_jax.image_io import save_png
 from var_jax.models.quant import patch_hw
 from var_jax.models.state import abstract_model, init_model
 from var_jax.models.vqvae import VQVAE, VQVAEConfig
-from var_jax.train import codebook, losses, optim
+from var_jax import objectives
+from var_jax.train import codebook, optim
 from var_jax.train.checkpointing import Checkpointer, abstract_like, local_workdir
 from var_jax.train.discriminator import DiscriminatorConfig, PatchDiscriminator
 from var_jax.train.lpips import load_lpips
 from var_jax.train.metrics import MeanAccumulator, MetricsWriter
-from var_jax.train.tokenizer_eval import TokenizerEvaluator, psnr, scale_names
+from var_jax.train.tokenizer_eval import TokenizerEvaluator
 
 log = logging.getLogger(__name__)
 COMPUTE_DTYPES = ("float32", "bfloat16")
@@ -256,7 +257,7 @@ class TokenizerTrainer:
         adversarial branch (generator gradient, adaptive weight, discriminator update) is taken from
         ``loss.disc_start`` on, and the other branch leaves the discriminator alone."""
         s, vae_graph, disc_graph = self.settings, self._vae_graph, self._disc_graph
-        names = scale_names(self.vae_cfg)
+        names = objectives.scale_names(self.vae_cfg.v_patch_nums)
         lpips_graph, vae_tx, disc_tx, lr = self._lpips_graph, self._vae_tx, self._disc_tx, self.lr
         with_disc, disc_start = s.disc_weight > 0, self.disc_start
 
@@ -268,7 +269,7 @@ class TokenizerTrainer:
             zero = jnp.zeros_like(vq_loss)
 
             def reconstruction(r):
-                rec = losses.pixel_loss(r, x, s.l1, s.l2)
+                rec = objectives.pixel_loss(r, x, s.l1, s.l2)
                 perc = jnp.mean(nnx.merge(lpips_graph, lpips_state)(r, x)) if s.perceptual_weight > 0 else 0.0
                 return rec + s.perceptual_weight * perc, (rec, perc)
             nll, pull_nll, (rec, perc) = jax.vjp(reconstruction, recon, has_aux=True)
@@ -278,20 +279,20 @@ class TokenizerTrainer:
                 metrics["loss/lpips"] = perc
 
             def adversarial(grad_img):
-                g_loss, pull_g = jax.vjp(lambda r: losses.generator_loss(nnx.merge(disc_graph, state["disc"])(r)),
+                g_loss, pull_g = jax.vjp(lambda r: objectives.generator_loss(nnx.merge(disc_graph, state["disc"])(r)),
                                          recon)
                 grad_g = pull_g(jnp.ones_like(g_loss))[0]
                 weight = jnp.asarray(s.disc_weight, jnp.float32)
                 if s.disc_adaptive:  # VQGAN's ratio at the decoder's last layer (XLA keeps only that part)
                     last = lambda g: g["decoder"]["conv_out"]["kernel"][...]  # noqa: E731
-                    weight = weight * losses.adaptive_weight(last(pull_vae((grad_img, zero))[0]),
+                    weight = weight * objectives.adaptive_weight(last(pull_vae((grad_img, zero))[0]),
                                                              last(pull_vae((grad_g, zero))[0]))
                 fake = jax.lax.stop_gradient(recon)
 
                 def d_loss(params):
                     disc = nnx.merge(disc_graph, params)
                     real_logits, fake_logits = disc(x), disc(fake)  # two calls: two batch statistics, as VQGAN
-                    return losses.hinge_d_loss(real_logits, fake_logits), (jnp.mean(real_logits),
+                    return objectives.hinge_d_loss(real_logits, fake_logits), (jnp.mean(real_logits),
                                                                            jnp.mean(fake_logits))
                 (d, (real_mean, fake_mean)), d_grads = jax.value_and_grad(d_loss, has_aux=True)(state["disc"])
                 d_updates, disc_opt = disc_tx.update(d_grads, state["disc_opt"], state["disc"])
@@ -318,7 +319,7 @@ class TokenizerTrainer:
             if with_disc:
                 new.update(disc=disc, disc_opt=disc_opt)
             metrics.update({"grad_norm/vae": optax.tree.norm(grads), "lr": lr(state["step"]),
-                            "psnr_train": jnp.mean(psnr(jnp.clip(recon, -1, 1), x))})
+                            "psnr_train": jnp.mean(objectives.psnr(jnp.clip(recon, -1, 1), x))})
             usage = codebook.usage_percent(ema, s.tokens_per_step)
             metrics.update({f"usage_ema/{name}": usage[k] for k, name in enumerate(names)})
             return new, metrics
@@ -419,7 +420,7 @@ class TokenizerTrainer:
             save_png(picture, self.recon_png(step))
         ema = codebook.usage_percent(self.state["vae_stats"]["quantize"]["ema_vocab_hit_SV"][...],
                                      self.settings.tokens_per_step)
-        metrics.update({f"usage_ema/{n}": float(u) for n, u in zip(scale_names(self.vae_cfg), np.asarray(ema))})
+        metrics.update({f"usage_ema/{n}": float(u) for n, u in zip(objectives.scale_names(self.vae_cfg.v_patch_nums), np.asarray(ema))})
         if writer is not None:
             writer.scalars(step, {f"eval/{k}": v for k, v in metrics.items()})
             writer.image(step, "eval/reconstructions", picture)

@@ -34,7 +34,7 @@ from var_jax.checkpoint import CONFIG_FILE, load_pretrained, save_pretrained
 from var_jax.config import model_configs
 from var_jax.data import pipeline
 from var_jax.data.tokenized import TokenSet, comparable_vae_config, train_token_batches
-from var_jax.eval.token_metrics import TokenMetrics
+from var_jax.objectives import TokenMetrics
 from var_jax.image_io import labelled_grid, save_png
 from var_jax.models.state import abstract_model
 from var_jax.models.var import VAR, VARConfig
