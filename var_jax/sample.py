@@ -282,14 +282,6 @@ def box_keep_mask(box: Sequence[float], image_size: int, side: int, mode: str) -
     return inside if mode == "outpaint" else 1 - inside
 
 
-def pixel_keep_mask(mask: np.ndarray, side: int) -> np.ndarray:
-    """A pixel mask (H, W) or (B, H, W), 1 = keep, → the fraction kept in each cell of the last grid."""
-    mask = np.asarray(mask, np.float32)
-    squeeze = mask.ndim == 2
-    m = resize(jnp.asarray(mask if not squeeze else mask[None])[..., None], side, "area")[..., 0]
-    return np.asarray(m[0] if squeeze else m)
-
-
 def scale_keep_masks(keep: np.ndarray, patch_nums: Sequence[int], batch: int) -> list[jax.Array]:
     """The last-grid keep mask brought to every scale as the official notebook does: bilinear, then
     > 0.5; scales of at most 3 tokens always keep the image's tokens.  → per scale (B, pn²) bool."""
