@@ -5,8 +5,7 @@
 `var-jax train-tokenizer --config configs/vqvae_digits.py --workdir outputs/tok_digits` writes the
 trained tokenizer to outputs/tok_digits/tokenizer/ (what the VAR demo loads).
 """
-from var_jax.config import tokenizer_training
-from var_jax.models.vqvae import VQVAEConfig
+from var_jax.config import VQVAEConfig, tokenizer_training
 
 
 def get_config():

@@ -311,6 +311,24 @@ print(json.dumps(out))
 """
 
 
+def assert_samples_agree(images, tokens, ref_images, ref_tokens, *, min_same: float) -> None:
+    """Samples drawn by two program layouts (another sharding, another process count) from the same
+    seeds.  Their logits differ by float rounding (~1e-6 relative: sums in another order), so a
+    sampled token differs only where its random draw falls that close to a boundary of the
+    distribution, and then so do its later scales and its image; measured on this machine: every
+    token and image equal.  Required: at least ``min_same`` of the images have all their tokens
+    equal (a broken layout agrees on ~1/vocab of them), and those images are equal within one
+    uint8 level (the decoder's own rounding)."""
+    images, ref_images = np.asarray(images, np.int32), np.asarray(ref_images, np.int32)
+    assert images.shape == ref_images.shape
+    if tokens is None:  # images only: identical tokens give images within one level
+        same = np.abs(images - ref_images).reshape(len(images), -1).max(axis=1) <= 1
+    else:
+        same = np.all([np.all(np.asarray(a) == np.asarray(b), axis=1) for a, b in zip(tokens, ref_tokens)], axis=0)
+        assert np.abs(images[same] - ref_images[same]).max(initial=0) <= 1
+    assert same.mean() >= min_same, f"{same.sum()} of {len(same)} samples agree"
+
+
 @pytest.mark.slow
 def test_sharded_sampler_on_8_devices_matches_one_device_and_the_plan(tiny_model_dir):
     import multiprocess_worker as w
@@ -326,12 +344,10 @@ def test_sharded_sampler_on_8_devices_matches_one_device_and_the_plan(tiny_model
     vae, var, _ = load_pretrained(tiny_model_dir)
     one = Sampler(vae, var, settings)(np.arange(4) % var.cfg.num_classes, seed=3)
     # The batch is split 4 ways (data × fsdp) and fc1 (2, 32, 128) over fsdp and model: the same
-    # images and tokens as on one device, bit for bit (the random draws do not depend on the layout).
+    # samples as on one device (the random draws do not depend on the layout), within float rounding.
     assert out["batch_multiple"] == 4 and out["image_shards"] == [1]
     assert out["fc1_shard"] == [2, 16, 64]
-    np.testing.assert_array_equal(np.asarray(out["images"], np.uint8), np.asarray(one.images))
-    for got, want in zip(out["tokens"], one.tokens):
-        np.testing.assert_array_equal(got, np.asarray(want))
+    assert_samples_agree(out["images"], out["tokens"], one.images, one.tokens, min_same=3 / 4)
     assert "a batch of 2 cannot be split over 4 devices" in out["odd_batch_error"]
     # The planner compiles the same program from abstract inputs: its figures are the ones of the
     # program that ran, and its parameter bytes are what device 0 really holds.
@@ -454,7 +470,7 @@ def test_evaluation_set_of_two_processes_equals_one_process(two_process_run, tin
     with np.load(two_process_run / "samples.npz") as together, np.load(alone) as reference:
         assert together["arr_0"].shape == (10, 8, 8, 3)
         np.testing.assert_array_equal(together["labels"], reference["labels"])
-        np.testing.assert_array_equal(together["arr_0"], reference["arr_0"])  # the same images, bit for bit
+        assert_samples_agree(together["arr_0"], None, reference["arr_0"], None, min_same=8 / 10)
     assert not (two_process_run / "samples.npz.parts").exists()
 
 

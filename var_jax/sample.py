@@ -193,8 +193,8 @@ class Sampler:
     >>> result = sampler([207, 360, 387], seed=0)
 
     With a ``mesh`` (var_jax.parallel.make_mesh) the batch is split over its ``data`` and ``fsdp``
-    axes and the parameters are laid out by ``rules`` (default: ``logical_rules`` of the mesh's
-    sizes: FSDP over ``fsdp``, tensor parallel over ``model``), so a model too big for one device
+    axes and the parameters are laid out by ``rules`` (default: the rules of ``var_jax.config.MESH``:
+    FSDP over ``fsdp``, tensor parallel over ``model``), so a model too big for one device
     samples on several and every process of a multi-host job takes part (each passes the same
     labels and key).  Batches must then be multiples of :attr:`batch_multiple`.
     """

@@ -33,6 +33,7 @@ from var_jax.checkpoint import CONFIG_FILE
 from var_jax.data import pipeline
 from var_jax.eval.scaling import MIN_POINTS, json_lines, scaling_fit
 from var_jax.models.flops import param_count, train_flops_per_image
+from var_jax.objectives import scale_names
 from var_jax.train.var_trainer import VARTrainer, check_config
 from var_jax.two_stage import tokenizer_and_tokens
 
@@ -156,7 +157,7 @@ def train_one(config: ml_collections.ConfigDict, size: ModelSize, workdir: pathl
         # L_avg/L_last and 100 − Err_avg/Err_last (var_jax.objectives)
         "L_last": val["L_tail"], "L_avg": val["L_mean"],
         "Err_last": 100.0 - val["acc_tail"], "Err_avg": 100.0 - val["acc_mean"],
-        "L_per_scale": {f"{pn}x{pn}": val[f"L_per_scale/{pn}x{pn}"] for pn in patch_nums},
+        "L_per_scale": {name: val[f"L_per_scale/{name}"] for name in scale_names(patch_nums)},
         "steps": trainer.step_count(), "batch_size": int(c.train.batch_size), "images_seen": images_seen,
         "heldout_images": int(c.eval.num_images), "train_s": round(train_s, 1),
     }

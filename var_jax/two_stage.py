@@ -57,7 +57,8 @@ def tokenizer_and_tokens(config: ml_collections.ConfigDict, workdir: pathlib.Pat
     return vae, timings
 
 
-def tokenize(config: ml_collections.ConfigDict, out: str | os.PathLike, *, crops: int = 1, batch: int = 64) -> pathlib.Path:
+def tokenize(config: ml_collections.ConfigDict, out: str | os.PathLike, *, crops: int = 1,
+             batch: int = 64) -> pathlib.Path:
     """``var-jax tokenize``: the token maps of a VAR config's training images (its data section),
     by its tokenizer (checked to be the config's first), ``crops`` random crops each, into ``out``."""
     vae_cfg, _ = check_config(config)

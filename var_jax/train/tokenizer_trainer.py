@@ -336,7 +336,8 @@ class TokenizerTrainer(Trainer):
             save_png(picture, self.recon_png(step))
         ema = codebook.usage_percent(self.state["vae_stats"]["quantize"]["ema_vocab_hit_SV"][...],
                                      self.settings.tokens_per_step)
-        metrics.update({f"usage_ema/{n}": float(u) for n, u in zip(objectives.scale_names(self.vae_cfg.v_patch_nums), np.asarray(ema))})
+        names = objectives.scale_names(self.vae_cfg.v_patch_nums)
+        metrics.update({f"usage_ema/{n}": float(u) for n, u in zip(names, np.asarray(ema))})
         if writer is not None:
             writer.scalars(step, {f"eval/{k}": v for k, v in metrics.items()})
             writer.image(step, "eval/reconstructions", picture)

@@ -32,7 +32,7 @@ from var_jax.checkpoint import CONFIG_FILE, load_pretrained
 from var_jax.config import COMPUTE_DTYPES, model_configs, var_training
 from var_jax.data import pipeline
 from var_jax.data.tokenized import TokenSet, comparable_vae_config, train_token_batches
-from var_jax.objectives import TokenMetrics
+from var_jax.objectives import TokenMetrics, scale_names
 from var_jax.image_io import labelled_grid, save_png
 from var_jax.models.state import abstract_model
 from var_jax.models.var import VAR, VARConfig
@@ -366,8 +366,8 @@ class VARTrainer(Trainer):
         r = totals.result()
         out = {"L_mean": r["L_avg"], "L_tail": r["L_last"], "acc_mean": 100 - r["Err_avg"],
                "acc_tail": 100 - r["Err_last"]}
-        for pn, loss, err in zip(r["patch_nums"], r["L_per_scale"], r["Err_per_scale"]):
-            out[f"L_per_scale/{pn}x{pn}"], out[f"acc_per_scale/{pn}x{pn}"] = loss, 100 - err
+        for name, loss, err in zip(scale_names(r["patch_nums"]), r["L_per_scale"], r["Err_per_scale"]):
+            out[f"L_per_scale/{name}"], out[f"acc_per_scale/{name}"] = loss, 100 - err
         if writer is not None:
             writer.scalars(self.step_count() if step is None else step, {f"val/{k}": v for k, v in out.items()})
         return out
