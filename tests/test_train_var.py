@@ -156,6 +156,8 @@ def tiny_var(**kw) -> dict:
 
 
 TOKENIZERS: dict = {}
+_DIGITS = ArrayImages.embedded("digits", "train")
+SUBSET = ArrayImages(_DIGITS.images[:96], _DIGITS.labels[:96])  # what the runs train on
 
 
 @pytest.fixture(scope="module")
@@ -165,17 +167,24 @@ def assets(tmp_path_factory):
     vae = init_model(VQVAE, TINY_VAE, seed=0)
     save_pretrained(root / "tokenizer", vae=vae)
     TOKENIZERS[root] = vae  # the trainers get it directly: loading it again costs seconds and tests nothing new
-    digits = ArrayImages.embedded("digits", "train")
-    subset = ArrayImages(digits.images[:96], digits.labels[:96])
-    write_tokens(vae, subset, root / "tokens", image_size=8, crops=2, seed=0, batch_size=48, num_threads=1)
+    write_tokens(vae, SUBSET, root / "tokens", image_size=8, crops=2, seed=0, batch_size=48, num_threads=1)
     return root
 
 
 PROGRAMS: dict = {}  # compiled programs shared by the trainers of one configuration
 
 
-def trainer_for(assets, workdir, **train) -> VARTrainer:
-    return VARTrainer(tiny_config(assets, **train), workdir, tokenizer=TOKENIZERS[assets], programs=PROGRAMS)
+def on_the_subset(data):
+    """The data sources of a config whose data section is 'the first 96 digits' (writing the token
+    maps of all 4,500 costs a minute; the trainers check that the maps are of the config's images)."""
+    return SUBSET, ArrayImages.embedded("digits", "heldout")
+
+
+def trainer_for(assets, workdir, config=None, **train) -> VARTrainer:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(pipeline, "sources", on_the_subset)
+        return VARTrainer(config or tiny_config(assets, **train), workdir, tokenizer=TOKENIZERS[assets],
+                          programs=PROGRAMS)
 
 
 def tiny_config(assets: pathlib.Path, **train):
@@ -266,7 +275,7 @@ def test_sigterm_saves_a_checkpoint_and_returns(assets, tmp_path):
 
     trainer.data.batches = SignalAfterThree()
     result = trainer.train()
-    assert result == {"step": 3, "stopped_by": "signal", "val": {}}
+    assert result == {"step": 3, "stopped_by": "SIGTERM", "val": {}}
     assert Checkpointer(tmp_path / "run" / "checkpoints").latest_step() == 3
     assert not (tmp_path / "run" / "model").exists()
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is removed afterwards
@@ -321,6 +330,93 @@ def test_consecutive_nonfinite_steps_stop_the_run_and_keep_the_last_checkpoint(a
     resumed = trainer_for(assets, tmp_path / "run")
     assert resumed.step_count() == 3
     assert_trees_equal(good, host_state(resumed)["params"])
+    logged = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert logged == [2, 4, 6]  # the failed run logged steps 4 and 6 past its checkpoint
+    resumed.train()
+    logged = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert logged == [2, 4, 6]  # ... which the resumed run wrote again, in their place
+
+
+def test_ctrl_c_saves_a_checkpoint_and_returns(assets, tmp_path):
+    trainer = trainer_for(assets, tmp_path / "run", ckpt_every=100)
+    batches, fetched = trainer.data.batches, []
+
+    class CtrlCAfterTwo:  # Ctrl-C while the 2nd step's batch is read (inside the input pipeline)
+        def __next__(self):
+            fetched.append(1)
+            if len(fetched) == 2:
+                os.kill(os.getpid(), signal.SIGINT)
+            return next(batches)
+
+        def get_state(self):
+            return batches.get_state()
+
+    trainer.data.batches = CtrlCAfterTwo()
+    before = signal.getsignal(signal.SIGINT)
+    assert trainer.train() == {"step": 2, "stopped_by": "SIGINT", "val": {}}
+    assert Checkpointer(tmp_path / "run" / "checkpoints").latest_step() == 2
+    assert signal.getsignal(signal.SIGINT) is before  # the handler is removed afterwards
+    assert trainer_for(assets, tmp_path / "run", ckpt_every=100).step_count() == 2
+
+
+def test_a_finished_run_resumed_with_more_steps_replaces_its_model(assets, tmp_path):
+    from var_jax.checkpoint import load_pretrained
+    trainer_for(assets, tmp_path / "run", steps=4).train()
+    model = tmp_path / "run" / "model"
+    assert json.loads((model / "config.json").read_text())["trained_steps"] == 4
+    longer = trainer_for(assets, tmp_path / "run", steps=6)
+    assert longer.step_count() == 4
+    longer.train()
+    assert json.loads((model / "config.json").read_text())["trained_steps"] == 6
+    assert sorted(p.name for p in (tmp_path / "run").iterdir() if p.name.startswith(".")) == []  # no leftovers
+    exported = nnx.state(load_pretrained(model).var, nnx.Param)
+    assert_trees_equal(jax.device_get(nnx.state(longer.var_model(), nnx.Param)), jax.device_get(exported))
+
+
+def test_token_maps_of_another_tokenizer_or_other_images_are_refused(assets, tmp_path, monkeypatch):
+    from var_jax.train import var_trainer
+
+    def no_compute(*a, **k):
+        raise AssertionError("compute was started before the token maps were checked")
+    monkeypatch.setattr(var_trainer, "TrainProgram", no_compute)
+    other = init_model(VQVAE, TINY_VAE, seed=1)  # the same architecture, other weights
+    write_tokens(other, SUBSET, tmp_path / "other_tokenizer", image_size=8, crops=1, batch_size=48, num_threads=1)
+    c = tiny_config(assets)
+    c.data.tokens = str(tmp_path / "other_tokenizer")
+    with pytest.raises(ValueError, match="written by another tokenizer .same architecture, other weights"):
+        trainer_for(assets, tmp_path / "a", config=c)
+    fewer = ArrayImages(SUBSET.images[:48], SUBSET.labels[:48])
+    write_tokens(TOKENIZERS[assets], fewer, tmp_path / "other_images", image_size=8, crops=1, batch_size=48,
+                 num_threads=1)
+    c.data.tokens = str(tmp_path / "other_images")
+    with pytest.raises(ValueError, match=r"written from other images \(48 of .* than this config's data \(96 training"):
+        trainer_for(assets, tmp_path / "a", config=c)
+    meta = tmp_path / "other_images" / "meta.json"  # token maps of a var-jax that recorded neither
+    meta.write_text(json.dumps({k: v for k, v in json.loads(meta.read_text()).items() if k not in ("tokenizer", "data")}))
+    with pytest.raises(ValueError, match="do not record which tokenizer and images"):
+        trainer_for(assets, tmp_path / "a", config=c)
+    with pytest.raises(FileExistsError, match="written with other settings .*tokenizer"):  # and never reused
+        write_tokens(other, fewer, tmp_path / "other_images", image_size=8, crops=1, batch_size=48, num_threads=1)
+
+
+def test_settings_that_do_not_fit_the_data_are_listed_at_once(assets, tmp_path, monkeypatch):
+    from var_jax.train import var_trainer
+
+    def no_compute(*a, **k):
+        raise AssertionError("compute was started before the settings were checked")
+    monkeypatch.setattr(var_trainer, "TrainProgram", no_compute)
+    monkeypatch.setattr(var_trainer, "load_pretrained", no_compute)
+    c = tiny_config(assets, steps=0, epochs=1.0, warmup_epochs=2.0)
+    c.eval.update(every=0, num_images=1000, batch_size=600)  # validation on; 500 held-out digits
+    with pytest.raises(ValueError) as e:
+        trainer_for(assets, tmp_path / "a", config=c)
+    message = str(e.value)
+    assert "does not fit the data (96 training images, 500 held-out)" in message
+    assert "eval.batch_size=600: must be a positive multiple of the data-parallel size 1 and at most the 500" in message
+    assert "eval.num_images=1000: must be a positive multiple of eval.batch_size=500" in message
+    assert "train.warmup_epochs=2: the warm-up (24 steps at 12 per epoch) must be shorter than the run (12" in message
+    assert message.endswith("settings that fit: --config.eval.batch_size=500 --config.eval.num_images=500")
+    assert not (tmp_path / "a" / "checkpoints").exists() or not any((tmp_path / "a" / "checkpoints").iterdir())
 
 
 # -- bad input: a clear error before any compute ----------------------------------------------------------
@@ -354,6 +450,50 @@ def test_bad_input_is_refused_before_any_compute(assets, tmp_path, monkeypatch):
     c.tokenizer = ""
     with pytest.raises(ValueError, match="no tokenizer: give --config.tokenizer=DIR"):
         VARTrainer(c, tmp_path / "a")
+    with pytest.raises(ValueError, match=r"train.steps must be >= 0 \(0: the length from train.epochs\), got -5"):
+        VARTrainer(tiny_config(assets, steps=-5), tmp_path / "a")
+    with pytest.raises(ValueError, match=r"train.lr and train.tblr must be >= 0, got lr=-1.0"):
+        VARTrainer(tiny_config(assets, lr=-1.0), tmp_path / "a")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match="file is a file, not a directory"):
+        VARTrainer(tiny_config(assets), tmp_path / "file" / "run")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.steps=abc", "train.steps takes a whole number"),
+    ("data.hflip=yes", "data.hflip takes True or False"),
+    ("train.lr=nan", "train.lr takes a finite number"),
+    ("train.tblr=1e-4,", "train.tblr takes a finite number"),
+])
+def test_overrides_of_the_wrong_type_are_clear_errors(override, message, tmp_path, capsys):
+    from var_jax import cli
+    code = cli.main(["train", "--config", "demo_digits", "--workdir", str(tmp_path / "w"), f"--config.{override}"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"--config.{override} is not valid: {message}" in err and "Traceback" not in err
+
+
+def test_an_unknown_dtype_is_a_usage_error(tmp_path, capsys):
+    from var_jax import cli
+    with pytest.raises(SystemExit):
+        cli.main(["sample", "--ckpt", str(tmp_path), "--dtype", "foo"])
+    err = capsys.readouterr().err
+    assert "--dtype: invalid choice: 'foo'" in err and "bfloat16" in err
+
+
+@pytest.mark.parametrize("outcome, code", [({"step": 3, "stopped_by": "SIGTERM"}, 143),
+                                           ({"step": 3, "stopped_by": "SIGINT"}, 130),
+                                           ({"step": 6, "stopped_by": None}, 0), (KeyboardInterrupt, 130)])
+def test_an_interrupted_run_exits_non_zero(outcome, code, tmp_path, monkeypatch, capsys):
+    from var_jax import cli
+    from var_jax.train import var_trainer
+
+    def train_var(config, workdir):
+        if outcome is KeyboardInterrupt:  # Ctrl-C before the loop (compiling, loading)
+            raise KeyboardInterrupt
+        return outcome
+    monkeypatch.setattr(var_trainer, "train_var", train_var)
+    assert cli.main(["train", "--config", "demo_digits", "--workdir", str(tmp_path / "w")]) == code
+    assert "Traceback" not in capsys.readouterr().err
 
 
 def test_a_workdir_of_another_run_is_refused(assets, tmp_path):
@@ -361,7 +501,8 @@ def test_a_workdir_of_another_run_is_refused(assets, tmp_path):
     saved = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
     c = tiny_config(assets)
     c.var = tiny_var(depth=3)
-    with pytest.raises(ValueError, match=r"holds a checkpoint of another run \(var: .*depth\": 2.*depth\": 3"):
+    # the differing key with both values, however long the section holding it
+    with pytest.raises(ValueError, match=r"holds a checkpoint of another run \(var.depth: 2 there, 3 now\)"):
         VARTrainer(c, tmp_path / "run")
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == saved  # nothing was touched
 

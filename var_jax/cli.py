@@ -184,9 +184,18 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> int:
     except NonFiniteLoss as e:
         print(f"var-jax train: stopped: {e}", file=sys.stderr)
         return 3
-    if result["stopped_by"]:
-        print(f"stopped at step {result['step']} ({result['stopped_by']}); run the same command to resume")
-    return 0
+    return _stopped(result)
+
+
+def _stopped(result: dict) -> int:
+    """A training run's exit status: 0 when it ran to its end, 128 + the signal's number when a
+    signal stopped it (143 SIGTERM, 130 Ctrl-C), so that schedulers see it did not finish."""
+    if not result["stopped_by"]:
+        return 0
+    from var_jax.train.preemption import exit_code
+    print(f"stopped at step {result['step']} by {result['stopped_by']}; run the same command to resume",
+          file=sys.stderr)
+    return exit_code(result["stopped_by"])
 
 
 def _tokenize(args: argparse.Namespace, overrides: list[str]) -> None:
@@ -202,8 +211,8 @@ def _add_train_commands(sub) -> None:
                                    "demo_digits.py); --config.key=value overrides the config, e.g. "
                                    "--config.tokenizer=DIR --config.data.root=DIR --config.mesh.fsdp=8. The work "
                                    "directory gets checkpoints/, metrics.jsonl, tensorboard/, samples/ and, at the end, "
-                                   "model/ (for var-jax sample). SIGTERM saves a checkpoint and exits; run the same "
-                                   "command to resume.")
+                                   "model/ (for var-jax sample). SIGTERM or Ctrl-C saves a checkpoint and exits with "
+                                   "status 143 or 130; run the same command to resume.")
     _add_run_args(p)
     p.set_defaults(run=_train)
 
@@ -239,13 +248,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_convert)
 
     def sampling_options(p):
+        from var_jax.config import COMPUTE_DTYPES
         p.add_argument("--ckpt", required=True, help="var-jax model directory (from `var-jax convert` or training)")
         p.add_argument("--cfg", type=float, help="classifier-free guidance at the last scale (default 1.5)")
         p.add_argument("--top-k", type=int, help="0 = off (default 900)")
         p.add_argument("--top-p", type=float, help="0 = off (default 0.96)")
         p.add_argument("--more-smooth", action="store_true", help="Gumbel-softmax smoothing (visualisation only)")
         p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--dtype", default=None, help="compute dtype, e.g. bfloat16 on GPU/TPU (default float32)")
+        p.add_argument("--dtype", default=None, choices=COMPUTE_DTYPES,
+                       help="compute dtype, e.g. bfloat16 on GPU/TPU (default float32)")
 
     p = sub.add_parser("sample", help="class-conditional samples: a labelled grid, or an evaluation .npz",
                        description="Sample images. With --classes/--per-class: a labelled grid PNG (one row per "
@@ -283,10 +294,15 @@ def build_parser() -> argparse.ArgumentParser:
                                    "tokenizer/ (a model directory for load_pretrained and the sampler).")
     _add_run_args(p)
 
-    def _train_tokenizer(args: argparse.Namespace, overrides: list[str]) -> None:
+    def _train_tokenizer(args: argparse.Namespace, overrides: list[str]) -> int:
         from var_jax.config import load_config
+        from var_jax.train.loop import NonFiniteLoss
         from var_jax.train.tokenizer_trainer import train_tokenizer
-        train_tokenizer(load_config(args.config, overrides), args.workdir)
+        try:
+            return _stopped(train_tokenizer(load_config(args.config, overrides), args.workdir))
+        except NonFiniteLoss as e:
+            print(f"var-jax train-tokenizer: stopped: {e}", file=sys.stderr)
+            return 3
     p.set_defaults(run=_train_tokenizer)
 
     p = sub.add_parser("parity", help="check against tensors recorded from the official code")
@@ -307,6 +323,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, KeyError, FileNotFoundError, FileExistsError, ImportError) as e:
         print(f"var-jax {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C outside a training loop's steps (those save and return)
+        print(f"\nvar-jax {args.command}: interrupted (what was written before stays; a training run resumes "
+              f"from its last checkpoint)", file=sys.stderr)
+        return 130
     return code or 0
 
 

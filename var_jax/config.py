@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import copy
 import importlib.util
+import math
 import pathlib
 
 import ml_collections
@@ -233,9 +234,31 @@ def apply_override(config: ml_collections.ConfigDict, item: str) -> None:
         node = node[p]
     if leaf not in node:
         raise KeyError(f"unknown config key {key!r}: {leaf!r} is not one of {sorted(node.keys())}")
-    current = node[leaf]
-    if isinstance(current, (tuple, list)) and isinstance(value, (tuple, list)):
-        value = type(current)(value)
-    elif isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    node[leaf] = value
+    try:
+        node[leaf] = _typed(key, node[leaf], value, raw)
+    except TypeError as e:  # ml_collections refuses another type for a typed field
+        raise ValueError(f"--config.{key}={raw} is not valid: {e}") from e
+
+
+def _typed(key: str, current, value, raw: str):
+    """``value`` (``raw`` as written) as the type of the setting it replaces, or a ValueError naming
+    the key, what was given and what it takes."""
+    def wrong(takes: str) -> ValueError:
+        return ValueError(f"--config.{key}={raw} is not valid: {key} takes {takes} (now {current!r})")
+    if isinstance(current, bool):
+        if not isinstance(value, bool):
+            raise wrong("True or False")
+        return value
+    if isinstance(current, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise wrong("a whole number")
+        return value
+    if isinstance(current, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise wrong("a finite number")
+        return float(value)
+    if isinstance(current, str):
+        return value if isinstance(value, str) else raw
+    if isinstance(current, (tuple, list)):
+        return type(current)(value if isinstance(value, (tuple, list)) else (value,))
+    return value

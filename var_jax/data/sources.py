@@ -11,6 +11,7 @@ still undecoded where that is cheaper (a file path, encoded bytes) or already an
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import pathlib
 
@@ -88,7 +89,7 @@ class TfdsImages:
                 f"cannot open the TFDS set {name!r} split {split!r} under data_dir={data_dir or '(tfds default)'}: "
                 f"{e}. Prepare it first in ArrayRecord format (tfds build {name} --file_format=array_record; "
                 f"ImageNet needs its archives placed by hand in the manual_dir)") from e
-        self.class_names = ()
+        self.name, self.split, self.class_names = name, split, ()
 
     def __len__(self) -> int:
         return len(self._source)
@@ -96,3 +97,28 @@ class TfdsImages:
     def __getitem__(self, i: int) -> dict:
         record = self._source[i]
         return {"image": bytes(record["image"]), "label": int(record["label"])}
+
+
+def fingerprint(source) -> str:
+    """A data set's identity, what token maps record of the images they were written from: the
+    SHA-256 of an image folder's class names, relative file names and labels (not of the mount point,
+    so the same tree elsewhere matches), of in-memory images and labels, or of a TFDS split's name
+    and size; for any other random-access source, of its records (labels and images)."""
+    digest = hashlib.sha256(type(source).__name__.encode())
+    if isinstance(source, ImageFolder):
+        digest.update(repr(source.class_names).encode())
+        for file, label in zip(source.files, source.labels):
+            digest.update(f"{pathlib.Path(file).relative_to(source.root).as_posix()}:{int(label)};".encode())
+    elif isinstance(source, ArrayImages):
+        digest.update(np.ascontiguousarray(source.images).tobytes())
+        digest.update(np.ascontiguousarray(source.labels).tobytes())
+    elif isinstance(source, TfdsImages):
+        digest.update(f"{source.name}:{source.split}:{len(source)}".encode())
+    else:
+        for i in range(len(source)):
+            record = source[i]
+            image = record["image"]
+            digest.update(f"{int(record['label'])};".encode())
+            digest.update(np.ascontiguousarray(image).tobytes() if isinstance(image, np.ndarray) else
+                          bytes(image) if isinstance(image, (bytes, bytearray)) else str(image).encode())
+    return digest.hexdigest()

@@ -5,7 +5,9 @@ decoding an image.
 training transform: shorter side to round(1.125·size), Lanczos, random crop, optional flip) and
 stores their token sequences (all scales, row-major, coarse to fine) in ``DIR/tokens.npy``
 (N, crops, L), with ``labels.npy``, ``valid.npy`` (False where the image could not be read) and
-``meta.json`` (the tokenizer's configuration, image size, crops, seed, source).  It writes into a
+``meta.json`` (the tokenizer's configuration and identity — a hash of its parameters —, the
+data's identity (:func:`var_jax.data.sources.fingerprint`), image size, crops, seed, source), which
+the VAR trainer checks against its tokenizer and data.  It writes into a
 hidden sibling directory, can be resumed after an interruption, and renames it to ``DIR`` when done.
 
 ``TokenSet`` reads such a directory (memory-mapped); ``train_token_batches`` is its Grain
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import logging
 import os
@@ -30,6 +33,8 @@ from flax import nnx
 from tqdm import tqdm
 
 from var_jax.data.pipeline import decode
+from var_jax.data.sources import fingerprint
+from var_jax.models.state import flat_state, path_str
 from var_jax.data.transforms import resize_random_crop, to_model_range
 
 log = logging.getLogger(__name__)
@@ -44,6 +49,17 @@ def _token_dtype(vocab_size: int):
 def comparable_vae_config(vae_cfg: dict) -> dict:
     """A tokenizer configuration without its compute dtype (which does not change the tokens' meaning)."""
     return {k: v for k, v in dict(vae_cfg).items() if k != "dtype"}
+
+
+def tokenizer_fingerprint(vae) -> str:
+    """A tokenizer's identity: the SHA-256 of its parameters (names, shapes, dtypes, bytes).  Two
+    tokenizers of the same architecture with other weights give other token maps, and other hashes."""
+    digest = hashlib.sha256()
+    for path, value in sorted(flat_state(vae, nnx.Param).items()):
+        array = np.ascontiguousarray(jax.device_get(value))
+        digest.update(f"{path_str(path)}:{array.dtype}:{array.shape};".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,8 +101,9 @@ def write_tokens(vae, source, directory: str | os.PathLike, *, image_size: int, 
     if vae.cfg.image_size() != image_size:
         raise ValueError(f"the tokenizer takes {vae.cfg.image_size()}px images, but image_size={image_size}")
     target = pathlib.Path(directory).absolute()
-    settings = {"vae": comparable_vae_config(vae.cfg.to_dict()), "image_size": int(image_size), "crops": int(crops),
-                "seed": int(seed), "hflip": bool(hflip), "num_images": len(source), "source": description or {}}
+    settings = {"vae": comparable_vae_config(vae.cfg.to_dict()), "tokenizer": tokenizer_fingerprint(vae),
+                "data": fingerprint(source), "image_size": int(image_size), "crops": int(crops), "seed": int(seed),
+                "hflip": bool(hflip), "num_images": len(source), "source": description or {}}
     if (target / META_FILE).is_file():
         meta = json.loads((target / META_FILE).read_text())
         if {k: meta.get(k) for k in settings} != settings:

@@ -33,14 +33,18 @@ def abstract_like(tree):
 
 
 def local_workdir(workdir: str | os.PathLike) -> pathlib.Path:
-    """``workdir`` as an absolute path; a URL (``gs://...``) is refused: logs, images and exported
+    """``workdir`` as an absolute path; a file (or a path through one) and a URL (``gs://...``) are refused: logs, images and exported
     models are written with ordinary file I/O, so a bucket must be mounted (gcsfuse, or a shared
     filesystem such as Filestore/NFS) and its mount point given."""
     text = os.fspath(workdir)
     if "://" in text:
         raise ValueError(f"--workdir {text} is a URL; give a directory instead: mount the bucket on every host "
                          f"(e.g. `gcsfuse --implicit-dirs BUCKET /gcs/BUCKET`) and pass /gcs/BUCKET/...")
-    return pathlib.Path(text).absolute()
+    path = pathlib.Path(text).absolute()
+    for part in (path, *path.parents):
+        if part.exists() and not part.is_dir():
+            raise ValueError(f"--workdir {text}: {part} is a file, not a directory; give a directory (new or a run's)")
+    return path
 
 
 class Checkpointer:

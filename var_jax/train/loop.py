@@ -7,14 +7,15 @@ A trainer subclasses :class:`Trainer` and supplies its state (a dict with the co
 with ``add_hook(fn, every=N)`` (``fn(step, writer)``; every N steps and at the run's last step).
 Inside the compiled step, :func:`skip_nonfinite` keeps the old state when the loss or the gradient
 is not finite and counts it; the loop stops after ``train.max_bad_steps`` such steps in a row and
-never checkpoints in the middle of them.  SIGTERM (preemption) saves a checkpoint and returns;
-running the same command resumes, bit-identical to an uninterrupted run.
+never checkpoints in the middle of them.  SIGTERM (preemption) and Ctrl-C save a checkpoint and
+return; running the same command resumes, bit-identical to an uninterrupted run.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import pathlib
+import shutil
 import time
 from typing import Any, Callable
 
@@ -22,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from tqdm import tqdm
 
-from var_jax.checkpoint import save_pretrained
+from var_jax.checkpoint import CONFIG_FILE, save_pretrained
 from var_jax.train.checkpointing import Checkpointer
 from var_jax.train.metrics import MeanAccumulator, MetricsWriter
 from var_jax.train.preemption import StopOnSignal
@@ -56,16 +57,30 @@ def _get(config: dict, dotted: str):
     return node
 
 
+def _differences(saved, now, key: str) -> list[str]:
+    """The dotted keys under ``key`` whose values differ, each with both values (the leaves, not the
+    sections holding them: a long section is not cut before the key that differs)."""
+    if isinstance(saved, dict) and isinstance(now, dict):
+        return [d for k in sorted(set(saved) | set(now)) if k != "num_threads"
+                for d in _differences(saved.get(k), now.get(k), f"{key}.{k}")]
+    return [] if saved == now else [f"{key}: {json.dumps(saved)} there, {json.dumps(now)} now"]
+
+
 def check_resumable(saved: dict, now: dict, keys: tuple[str, ...], workdir: pathlib.Path) -> None:
     """A checkpoint's configuration agrees with this run's on ``keys`` (dotted; the number of decoding
     threads may differ)."""
-    strip = lambda d: {k: v for k, v in d.items() if k != "num_threads"} if isinstance(d, dict) else d  # noqa: E731
-    differ = [k for k in keys if strip(_get(saved, k)) != strip(_get(now, k))]
+    differ = [d for k in keys for d in _differences(_get(saved, k), _get(now, k), k)]
     if differ:
-        details = "; ".join(f"{k}: {json.dumps(_get(saved, k))[:200]} there, {json.dumps(_get(now, k))[:200]} now"
-                            for k in differ)
-        raise ValueError(f"{workdir} holds a checkpoint of another run ({details}). Resume with the same settings or "
-                         f"choose a new --workdir (nothing was changed)")
+        raise ValueError(f"{workdir} holds a checkpoint of another run ({'; '.join(differ)}). Resume with the same "
+                         f"settings or choose a new --workdir (nothing was changed)")
+
+
+def _trained_steps(model_dir: pathlib.Path) -> int | None:
+    """The step an exported model directory was written at (None: there is none)."""
+    try:
+        return json.loads((model_dir / CONFIG_FILE).read_text()).get("trained_steps")
+    except (OSError, ValueError):
+        return None
 
 
 @dataclasses.dataclass
@@ -145,14 +160,28 @@ class Trainer:
         self.last_good_step = self.step_count()
 
     def export(self) -> pathlib.Path | None:
-        """Write the model directory (``export_dir``) once."""
+        """Write the model directory (``export_dir``) of the current step.  One from an earlier step (a
+        finished run resumed with more steps) is replaced: the new one is written beside it, then the
+        two are swapped by renaming, so a crash leaves the old one whole (or, between the two renames,
+        as ``.<export_dir>.old``)."""
         target = self.workdir / self.export_dir
-        if target.exists():
-            print(f"{target} exists already; not overwritten")
-            return None
+        step = self.step_count()
+        if _trained_steps(target) == step:
+            print(f"{target} holds the model of step {step} already")
+            return target
         if jax.process_index() == 0:
-            save_pretrained(target, **self.export_models())
-            print(f"wrote {target} (load it with var_jax.load_pretrained)")
+            new, old = (target.with_name(f".{target.name}.{part}") for part in ("new", "old"))
+            shutil.rmtree(new, ignore_errors=True)
+            save_pretrained(new, **self.export_models())
+            if target.exists():
+                shutil.rmtree(old, ignore_errors=True)
+                target.rename(old)
+                new.rename(target)
+                shutil.rmtree(old)
+                print(f"replaced {target} with the model of step {step} (load it with var_jax.load_pretrained)")
+            else:
+                new.rename(target)
+                print(f"wrote {target} (load it with var_jax.load_pretrained)")
         return target
 
     def check_finite(self, metrics: dict, step: int) -> None:
@@ -168,13 +197,14 @@ class Trainer:
     def train(self, until: int | None = None) -> dict[str, Any]:
         """Train to step ``until`` (default: the run's length), logging, running the hooks and
         checkpointing on the way; at the run's end write the model directory.  Returns {"step",
-        "stopped_by" (None or "signal"), and each named hook's last result}."""
+        "stopped_by" (None, or the signal's name: "SIGTERM", "SIGINT"), and each named hook's last
+        result}."""
         t = self.config.train
         total = self.total_steps
         until = total if until is None else min(until, total)
         hooks = self.__dict__.get("hooks", [])
         results: dict[str, Any] = {h.name: {} for h in hooks if h.name}
-        writer = MetricsWriter(self.workdir)
+        writer = MetricsWriter(self.workdir, from_step=self.step_count())  # drops lines a failed run wrote past it
         acc, stopped_by, pending, save_due = MeanAccumulator(), None, None, False
         start = self.step_count()
         window_start, window_tic, paused = start, time.perf_counter(), 0.0  # paused: hooks and saving
@@ -201,7 +231,7 @@ class Trainer:
                     for hook in hooks:
                         if hook.every > 0 and (done % hook.every == 0 or done == total):
                             result = hook.fn(done, writer)
-                            if hook.name:
+                            if hook.name and result:
                                 results[hook.name] = result
                                 bar.write(f"step {done}: {hook.name} " + ", ".join(
                                     f"{k} {v:.3f}" for k, v in result.items() if "/" not in k))
@@ -209,8 +239,8 @@ class Trainer:
                     if stop.requested():
                         self.check_finite(pending, done)
                         self.save()
-                        stopped_by = "signal"
-                        bar.write(f"stopped at step {done} on request; checkpoint in {self.checkpointer.directory}")
+                        stopped_by = stop.name()
+                        bar.write(f"stopped at step {done} by {stopped_by}; checkpoint in {self.checkpointer.directory}")
                         break
                     if save_due:
                         self.check_finite(pending, done)

@@ -15,14 +15,40 @@ METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 
 
+def drop_lines_after(path: pathlib.Path, step: int) -> int:
+    """Remove the lines of a JSON-lines log whose step is past ``step`` (what a run that failed or was
+    killed after its last checkpoint wrote, and the resumed run writes again); returns how many."""
+    if not path.is_file():
+        return 0
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = []
+    for line in lines:
+        try:
+            past = json.loads(line)["step"] > step
+        except (ValueError, KeyError, TypeError):  # a line cut short by a crash
+            past = True
+        if not past:
+            kept.append(line)
+    if len(kept) < len(lines):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(kept), encoding="utf-8")
+        os.replace(tmp, path)
+    return len(lines) - len(kept)
+
+
 class MetricsWriter:
-    def __init__(self, workdir: str | os.PathLike, *, enabled: bool | None = None):
+    """``from_step``: the step the run starts (or resumes) at; lines of the JSON-lines log past it are
+    removed first, so each step appears once."""
+
+    def __init__(self, workdir: str | os.PathLike, *, enabled: bool | None = None, from_step: int | None = None):
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
         self.workdir = pathlib.Path(workdir)
         if not self.enabled:
             return
         from tensorboardX import SummaryWriter
         self.workdir.mkdir(parents=True, exist_ok=True)
+        if from_step is not None:
+            drop_lines_after(self.workdir / METRICS_FILE, from_step)
         self._jsonl = open(self.workdir / METRICS_FILE, "a", encoding="utf-8")
         self._tb = SummaryWriter(str(self.workdir / TENSORBOARD_DIR))
 

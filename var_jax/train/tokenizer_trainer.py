@@ -40,6 +40,7 @@ from var_jax.models.state import abstract_model, init_model
 from var_jax.models.vqvae import VQVAE, VQVAEConfig
 from var_jax.train import codebook, optim
 from var_jax.train.checkpointing import Checkpointer, abstract_like, local_workdir
+from var_jax.train.data_fit import DataFit
 from var_jax.train.loop import Trainer, counters, skip_nonfinite
 from var_jax.train.discriminator import DiscriminatorConfig, PatchDiscriminator
 from var_jax.train.lpips import load_lpips
@@ -62,8 +63,11 @@ class LossSettings:
     tokens_per_step: int   # B·h·w of the latent grid: the official usage threshold's scale
 
 
-def check_config(config: ml_collections.ConfigDict) -> tuple[VQVAEConfig, DiscriminatorConfig]:
-    """The tokenizer and discriminator configurations, after checking everything a run depends on."""
+def check_config(config: ml_collections.ConfigDict, num_train: int | None = None,
+                 num_heldout: int | None = None) -> tuple[VQVAEConfig, DiscriminatorConfig]:
+    """The tokenizer and discriminator configurations, after checking everything a run depends on:
+    with the data's sizes, the evaluation sizes and the warm-up against them (all such problems in
+    one error)."""
     for section in ("img_size", "vae", "data", "train", "loss", "codebook", "eval"):
         if section not in config:
             raise ValueError(f"the config has no '{section}' section; start from "
@@ -78,20 +82,23 @@ def check_config(config: ml_collections.ConfigDict) -> tuple[VQVAEConfig, Discri
     if t.compute_dtype not in COMPUTE_DTYPES:
         raise ValueError(f"train.compute_dtype must be one of {COMPUTE_DTYPES}, got {t.compute_dtype!r}")
     ways = parallel.batch_shards(parallel.make_mesh(config))
-    for name, value in (("train.batch_size", t.batch_size), ("eval.batch_size", ev.batch_size)):
-        if value < 1 or value % ways:
-            raise ValueError(f"{name}={value} must be a positive multiple of the data-parallel size ({ways})")
+    if t.batch_size < 1 or t.batch_size % ways:
+        raise ValueError(f"train.batch_size={t.batch_size} must be a positive multiple of the data-parallel size "
+                         f"({ways})")
     if t.steps < 1:
         raise ValueError(f"train.steps must be at least 1, got {t.steps}")
+    if not t.lr > 0:
+        raise ValueError(f"train.lr must be > 0, got {t.lr}")
     for name in ("log_every", "ckpt_every", "max_bad_steps"):
         if t[name] < 1:
             raise ValueError(f"train.{name} must be at least 1, got {t[name]}")
-    if ev.every < 1 or not 0 < ev.num_show <= ev.batch_size:
-        raise ValueError(f"eval.every must be >= 1 and eval.num_show in [1, eval.batch_size={ev.batch_size}], "
-                         f"got every={ev.every}, num_show={ev.num_show}")
-    if not 0 <= ev.lpips_images <= ev.num_images or ev.lpips_images % ev.batch_size:
-        raise ValueError(f"eval.lpips_images must be a multiple of eval.batch_size={ev.batch_size} between 0 and "
-                         f"eval.num_images={ev.num_images}, got {ev.lpips_images}")
+    if ev.every < 1:
+        raise ValueError(f"eval.every must be >= 1, got {ev.every}")
+    fit = DataFit(num_train, num_heldout)
+    fit.evaluation(ev, ways, show=True, lpips=True)
+    if not 0 <= t.warmup_steps < t.steps:
+        fit.problem("train.warmup_steps", t.warmup_steps, f"must be in [0, train.steps={t.steps})", t.steps // 10)
+    fit.check()
     for name in ("l1", "l2", "vq_weight", "perceptual_weight", "disc_weight"):
         if lo[name] < 0:
             raise ValueError(f"loss.{name} must be >= 0, got {lo[name]}")
@@ -116,16 +123,15 @@ class TokenizerTrainer(Trainer):
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str | os.PathLike):
         self.config = config
-        self.vae_cfg, self.disc_cfg = check_config(config)
         self.workdir = local_workdir(workdir)
+        # the data first: a missing folder or an evaluation size the data cannot give fails before anything is built
+        train_src, heldout_src = pipeline.sources(config.data)
+        self.vae_cfg, self.disc_cfg = check_config(config, len(train_src), len(heldout_src))
         t, lo = config.train, config.loss
         self.total_steps = int(t.steps)
         self.mesh = parallel.make_mesh(config)  # the batch split over data × fsdp, the models replicated
         self._replicated = parallel.replicated(self.mesh)
         self._batch_sharding = parallel.batch_sharding(self.mesh, parallel.logical_rules(config), 4)
-
-        # the data first: a missing folder or a bad evaluation size fails before anything is built
-        train_src, heldout_src = pipeline.sources(config.data)
         self._train_data = pipeline.train_batches(
             train_src, image_size=int(config.img_size), batch_size=int(t.batch_size), seed=int(t.seed),
             hflip=bool(config.data.hflip), num_threads=int(config.data.num_threads))
@@ -325,12 +331,18 @@ class TokenizerTrainer(Trainer):
 
     def evaluate(self, step: int | None = None, writer: MetricsWriter | None = None) -> dict[str, float]:
         """Held-out metrics (see :class:`TokenizerEvaluator`) and the reconstruction picture
-        ``eval/recon_<step>.png``; logged when a writer is given."""
+        ``eval/recon_<step>.png``; logged when a writer is given.  Unreadable held-out images are
+        skipped (the pipeline warns); when not one batch is left, a warning and no metrics ({})."""
         step = self.step_count() if step is None else step
+        first = next(self.heldout_batches(), None)
+        if first is None:  # unreadable images (logged by the pipeline) left not one batch
+            log.warning("step %d: held-out evaluation skipped: fewer than eval.batch_size=%d held-out images could "
+                        "be read", step, self.config.eval.batch_size)
+            return {}
         vae = self._compute_vae()
         metrics = self.evaluator.evaluate(vae, self.heldout_batches(), self.lpips,
                                           lpips_images=int(self.config.eval.lpips_images))
-        show = next(self.heldout_batches())[: self.config.eval.num_show]
+        show = first[: self.config.eval.num_show]
         picture = self.evaluator.pyramid(vae, show)
         if jax.process_index() == 0:
             save_png(picture, self.recon_png(step))

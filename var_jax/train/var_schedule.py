@@ -47,7 +47,9 @@ class RunLength:
         pgwp = epochs / 300 if prog_warmup_epochs < 0 else prog_warmup_epochs
         warmup = round(wp * iters)
         if warmup >= total:
-            raise ValueError(f"the warm-up ({warmup} steps) must be shorter than the run ({total} steps)")
+            raise ValueError(f"train.warmup_epochs={warmup_epochs:g}: the warm-up ({warmup} steps at {iters} per "
+                             f"epoch) must be shorter than the run ({total} steps); give fewer warm-up epochs "
+                             f"(-1: epochs/50)")
         return cls(iters, max(total, 1), warmup, wp * iters, pgwp * iters, epochs)
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import pathlib
 from typing import Any
@@ -31,7 +32,8 @@ from var_jax import parallel
 from var_jax.checkpoint import CONFIG_FILE, load_pretrained
 from var_jax.config import COMPUTE_DTYPES, model_configs, var_training
 from var_jax.data import pipeline
-from var_jax.data.tokenized import TokenSet, comparable_vae_config, train_token_batches
+from var_jax.data.sources import fingerprint
+from var_jax.data.tokenized import TokenSet, comparable_vae_config, tokenizer_fingerprint, train_token_batches
 from var_jax.objectives import TokenMetrics, scale_names
 from var_jax.image_io import labelled_grid, save_png
 from var_jax.models.state import abstract_model
@@ -39,10 +41,13 @@ from var_jax.models.var import VAR, VARConfig
 from var_jax.models.vqvae import VQVAEConfig
 from var_jax.train import optim
 from var_jax.train.checkpointing import Checkpointer, local_workdir
+from var_jax.train.data_fit import DataFit
 from var_jax.train.loop import NonFiniteLoss, Trainer, counters  # noqa: F401 (NonFiniteLoss: what train_var raises)
 from var_jax.train.metrics import MetricsWriter
 from var_jax.train.var_schedule import Progressive, RunLength
 from var_jax.train.var_step import StepSettings, make_eval_step, make_train_step
+
+log = logging.getLogger(__name__)
 
 # What a resumed run must share with the checkpoint it continues (the rest, e.g. the number of
 # steps or the logging cadence, may change between runs).
@@ -66,7 +71,12 @@ def check_config(config: ml_collections.ConfigDict) -> tuple[VQVAEConfig, VARCon
     for name in ("log_every", "ckpt_every", "keep_checkpoints", "max_bad_steps", "batch_size"):
         if t[name] < 1:
             raise ValueError(f"train.{name} must be at least 1, got {t[name]}")
-    if t.tblr <= 0 and t.lr <= 0:
+    if t.steps < 0:
+        raise ValueError(f"train.steps must be >= 0 (0: the length from train.epochs), got {t.steps}")
+    if t.lr < 0 or t.tblr < 0:
+        raise ValueError(f"train.lr and train.tblr must be >= 0, got lr={t.lr}, tblr={t.tblr} (the peak learning rate "
+                         f"is train.lr when it is > 0, else train.tblr·batch_size/256)")
+    if t.tblr == 0 and t.lr == 0:
         raise ValueError("give a positive train.tblr (peak lr = tblr·batch/256) or train.lr")
     ev = config.eval
     if ev.sample_per_class < 1 or not len(ev.sample_classes):
@@ -116,6 +126,7 @@ class _Data:
     num_images: int
     kind: str  # "image" | "tokens"
     heldout: Any
+    token_meta: dict | None  # the token maps' meta.json (kind "tokens")
 
 
 def _open_data(config, vae_cfg: VQVAEConfig, var_cfg: VARConfig, mesh) -> _Data:
@@ -135,15 +146,24 @@ def _open_data(config, vae_cfg: VQVAEConfig, var_cfg: VARConfig, mesh) -> _Data:
         if meta.get("vae") != comparable_vae_config(vae_cfg.to_dict()) or meta.get("image_size") != config.img_size:
             raise ValueError(f"the token maps in {d.tokens} were written by another tokenizer or image size; write "
                              f"them again with `var-jax tokenize` for this config")
+        if "tokenizer" not in meta or "data" not in meta:
+            raise ValueError(f"the token maps in {d.tokens} do not record which tokenizer and images they were "
+                             f"written from (an older var-jax); write them again with `var-jax tokenize`")
+        if meta["data"] != fingerprint(train_src):
+            raise ValueError(f"the token maps in {d.tokens} were written from other images ({meta['num_images']} of "
+                             f"{meta.get('source') or 'a source not named'}) than this config's data "
+                             f"({len(train_src)} training images of data.name={d.name!r}, data.root={d.root!r}); "
+                             f"write them again with `var-jax tokenize` for this config, or set the data section to "
+                             f"the images they were written from")
         if int(np.max(tokens.labels)) >= var_cfg.num_classes:
             raise ValueError(f"the token maps have labels up to {int(np.max(tokens.labels))} but var.num_classes="
                              f"{var_cfg.num_classes}")
         stream = train_token_batches(tokens, batch_size=int(t.batch_size), seed=int(t.seed),
                                      num_threads=int(d.num_threads))
-        return _Data(iter(stream), len(tokens), "tokens", heldout)
+        return _Data(iter(stream), len(tokens), "tokens", heldout, meta)
     stream = pipeline.train_batches(train_src, image_size=int(config.img_size), batch_size=int(t.batch_size),
                                     seed=int(t.seed), hflip=bool(d.hflip), num_threads=int(d.num_threads))
-    return _Data(iter(stream), len(train_src), "image", heldout)
+    return _Data(iter(stream), len(train_src), "image", heldout, None)
 
 
 # -- the compiled step on a mesh ---------------------------------------------------------------------
@@ -277,9 +297,17 @@ class VARTrainer(Trainer):
         self.checkpointer = Checkpointer(self.workdir / "checkpoints", keep=int(t.keep_checkpoints))
         saved = self.check_resumable()
         self.data = _open_data(config, self.vae_cfg, var_cfg, self.mesh)
-        self.length = RunLength.of(num_images=self.data.num_images, batch_size=int(t.batch_size),
-                                   epochs=float(t.epochs), steps=int(t.steps), warmup_epochs=float(t.warmup_epochs),
-                                   prog_warmup_epochs=float(t.pgwp))
+        fit = DataFit(self.data.num_images, len(self.data.heldout))
+        if int(ev.every) >= 0:  # validation on: its images must be there
+            sizes = parallel.mesh_shape(config)
+            fit.evaluation(ev, sizes["data"] * sizes["fsdp"])
+        try:
+            self.length = RunLength.of(num_images=self.data.num_images, batch_size=int(t.batch_size),
+                                       epochs=float(t.epochs), steps=int(t.steps),
+                                       warmup_epochs=float(t.warmup_epochs), prog_warmup_epochs=float(t.pgwp))
+        except ValueError as e:
+            fit.problems.append(str(e))
+        fit.check()
         self.total_steps = self.length.total_steps
         self.progressive = Progressive(float(t.pg), int(t.pg0), len(var_cfg.patch_nums), self.length)
         every_eval = int(ev.every) or max(1, round(float(ev.every_epochs) * self.length.iters_per_epoch))
@@ -291,6 +319,10 @@ class VARTrainer(Trainer):
                 self.vae_cfg.to_dict()):
             raise ValueError("the tokenizer passed in is not the config's (vae section)")
         self.vae = load_pretrained(tokenizer_dir).vae if tokenizer is None else tokenizer
+        if self.data.kind == "tokens" and self.data.token_meta["tokenizer"] != tokenizer_fingerprint(self.vae):
+            raise ValueError(f"the token maps in {config.data.tokens} were written by another tokenizer (the same "
+                             f"architecture, other weights) than {tokenizer_dir}; write them again with `var-jax "
+                             f"tokenize` for this tokenizer, or set tokenizer= to the one that wrote them")
         if programs is None:
             self.program = TrainProgram(config, self.mesh, self.length)
         else:
@@ -347,7 +379,8 @@ class VARTrainer(Trainer):
     # -- validation, samples, checkpoints, export ------------------------------------------------------
     def validate(self, step: int | None = None, writer: MetricsWriter | None = None) -> dict[str, Any]:
         """Teacher-forced loss and accuracy per scale on ``eval.num_images`` held-out images (the official
-        vL_mean, vL_tail, vacc_mean, vacc_tail), without label dropout."""
+        vL_mean, vL_tail, vacc_mean, vacc_tail), without label dropout.  Unreadable images are skipped
+        (the pipeline warns); when not one batch is left, a warning and no metrics ({})."""
         ev = self.config.eval
         data = pipeline.eval_batches(self.data.heldout, image_size=int(self.config.img_size),
                                      batch_size=int(ev.batch_size), num_images=int(ev.num_images),
@@ -363,6 +396,10 @@ class VARTrainer(Trainer):
         for batch in data:
             sums = self._eval_sums(self.state["params"], self.device_batch(batch), self._vae_state)
             totals.update(sums, int(ev.batch_size))
+        if not totals.images:  # unreadable images (logged by the pipeline) left not one batch
+            log.warning("step %d: validation skipped: fewer than eval.batch_size=%d held-out images could be read",
+                        self.step_count() if step is None else step, ev.batch_size)
+            return {}
         r = totals.result()
         out = {"L_mean": r["L_avg"], "L_tail": r["L_last"], "acc_mean": 100 - r["Err_avg"],
                "acc_tail": 100 - r["Err_last"]}
