@@ -44,8 +44,11 @@ def test_sweep_trains_measures_fits_and_resumes(tmp_path, capsys, monkeypatch):
     tokenizer = save_pretrained(tmp_path / "tokenizer", vae=vae)
     # token maps of 64 digits written beforehand (data.tokens): tokenizing all 4,500 costs a minute
     digits = ArrayImages.embedded("digits", "train")
-    write_tokens(vae, ArrayImages(digits.images[:64], digits.labels[:64]), tmp_path / "tokens", image_size=8,
-                 crops=1, seed=0, batch_size=64, num_threads=1)
+    subset = ArrayImages(digits.images[:64], digits.labels[:64])
+    write_tokens(vae, subset, tmp_path / "tokens", image_size=8, crops=1, seed=0, batch_size=64, num_threads=1)
+    # the config's data is these 64 digits (the trainer checks that the token maps are of its images)
+    heldout_digits = ArrayImages.embedded("digits", "heldout")
+    monkeypatch.setattr(pipeline, "sources", lambda data: (subset, heldout_digits))
     workdir = tmp_path / "sweep"
     assert cli.main(tiny_sweep(tokenizer, workdir)) == 0
     printed = capsys.readouterr().out.splitlines()

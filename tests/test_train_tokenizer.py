@@ -384,7 +384,7 @@ def test_tokenizer_sigterm_saves_a_checkpoint_and_resumes(tmp_path):
             return batches.get_state()
 
     trainer.batches = SignalAfterThree()
-    assert trainer.train() == {"step": 3, "stopped_by": "signal", "eval": {}}
+    assert trainer.train() == {"step": 3, "stopped_by": "SIGTERM", "eval": {}}
     assert Checkpointer(tmp_path / "run" / "checkpoints").latest_step() == 3
     assert not (tmp_path / "run" / "tokenizer").exists()
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
@@ -443,12 +443,41 @@ def test_bad_settings_are_refused(key, value, message):
         check_config(config)
 
 
-def test_bad_eval_size_fails_before_training(tmp_path):
+def test_settings_that_do_not_fit_the_data_are_listed_at_once(tmp_path):
     config = tiny_config()
-    config.eval.update(num_images=1000, batch_size=8, lpips_images=0)
-    with pytest.raises(ValueError, match="held-out set has 500"):
+    config.eval.update(num_images=1000, batch_size=600, num_show=700, lpips_images=8)
+    config.train.warmup_steps = STEPS
+    with pytest.raises(ValueError) as e:
         TokenizerTrainer(config, tmp_path / "w")
+    assert str(e.value) == (
+        "the config does not fit the data (4500 training images, 500 held-out); nothing was trained:\n"
+        "  - eval.batch_size=600: must be a positive multiple of the data-parallel size 1 and at most the 500 "
+        "held-out images\n"
+        "  - eval.num_images=1000: must be a positive multiple of eval.batch_size=500 and at most the 500 held-out "
+        "images\n"
+        "  - eval.num_show=700: must be in [1, eval.batch_size=500]\n"
+        "  - eval.lpips_images=8: must be a multiple of eval.batch_size=500 between 0 and eval.num_images=500\n"
+        f"  - train.warmup_steps={STEPS}: must be in [0, train.steps={STEPS})\n"
+        "settings that fit: --config.eval.batch_size=500 --config.eval.num_images=500 --config.eval.num_show=500 "
+        f"--config.eval.lpips_images=0 --config.train.warmup_steps={STEPS // 10}")
     assert not (tmp_path / "w" / "checkpoints").exists() or not any((tmp_path / "w" / "checkpoints").iterdir())
+    for key, value in (("batch_size", 500), ("num_images", 500), ("num_show", 500), ("lpips_images", 0)):
+        config.eval[key] = value
+    config.train.warmup_steps = STEPS // 10
+    check_config(config, 4500, 500)  # the settings it suggested fit
+
+
+def test_unreadable_heldout_images_skip_the_evaluation_with_a_warning(tmp_path, monkeypatch, caplog):
+    from var_jax.data import pipeline
+    from var_jax.data.sources import ArrayImages
+    unreadable = [{"image": b"not an image", "label": 0}] * 8  # the whole held-out set
+    monkeypatch.setattr(pipeline, "sources", lambda data: (ArrayImages.embedded("digits", "train"), unreadable))
+    trainer = small_run(tmp_path / "run", steps=2)
+    with caplog.at_level("WARNING"):
+        assert trainer.train() == {"step": 2, "stopped_by": None, "eval": {}}
+    assert "held-out evaluation skipped: fewer than eval.batch_size=8 held-out images could be read" in caplog.text
+    assert "skipping an unreadable image" in caplog.text
+    assert (tmp_path / "run" / "tokenizer" / "config.json").is_file()  # the run finished and exported
 
 
 def test_shipped_configs_are_consistent():

@@ -33,9 +33,9 @@ def abstract_like(tree):
 
 
 def local_workdir(workdir: str | os.PathLike) -> pathlib.Path:
-    """``workdir`` as an absolute path; a file (or a path through one) and a URL (``gs://...``) are refused: logs, images and exported
-    models are written with ordinary file I/O, so a bucket must be mounted (gcsfuse, or a shared
-    filesystem such as Filestore/NFS) and its mount point given."""
+    """``workdir`` as an absolute path.  A file (or a path through one) is refused, and so is a URL
+    (``gs://...``): logs, images and exported models are written with ordinary file I/O, so a bucket
+    must be mounted (gcsfuse, or a shared filesystem such as Filestore/NFS) and its mount point given."""
     text = os.fspath(workdir)
     if "://" in text:
         raise ValueError(f"--workdir {text} is a URL; give a directory instead: mount the bucket on every host "

@@ -50,8 +50,9 @@ class DataFit:
         if lpips:
             lp = int(ev.lpips_images)
             if not 0 <= lp <= num or lp % batch:
+                fit = min(max(lp, 0), num) // batch * batch
                 self.problem("eval.lpips_images", lp, f"must be a multiple of eval.batch_size={batch} between 0 "
-                                                      f"and eval.num_images={num}", min(max(lp, 0), num) // batch * batch)
+                                                      f"and eval.num_images={num}", fit)
 
     def check(self) -> None:
         """Raise one ValueError naming every problem found, if any."""

@@ -240,7 +240,8 @@ class Trainer:
                         self.check_finite(pending, done)
                         self.save()
                         stopped_by = stop.name()
-                        bar.write(f"stopped at step {done} by {stopped_by}; checkpoint in {self.checkpointer.directory}")
+                        bar.write(f"stopped at step {done} by {stopped_by}; checkpoint in "
+                                  f"{self.checkpointer.directory}")
                         break
                     if save_due:
                         self.check_finite(pending, done)

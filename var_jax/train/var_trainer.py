@@ -10,7 +10,7 @@ A run writes to its work directory: ``checkpoints/`` (Orbax; asynchronous, the n
 ``train.keep_checkpoints`` kept, resumed automatically, bit-identical to an uninterrupted run),
 ``metrics.jsonl`` and ``tensorboard/`` (the official metrics), ``samples/step_*.png`` and, at the
 end, ``model/`` (tokenizer + VAR, for ``var-jax sample`` and ``var_jax.load_pretrained``).
-SIGTERM saves a checkpoint and returns; a step with a non-finite loss is skipped and counted, and
+SIGTERM or Ctrl-C saves a checkpoint and returns; a step with a non-finite loss is skipped and counted, and
 ``train.max_bad_steps`` of them in a row stop the run, leaving the last good checkpoint as it was.
 """
 from __future__ import annotations
