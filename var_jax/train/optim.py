@@ -88,6 +88,16 @@ def wd_schedule(start: float, end: float | None, total_steps: int) -> optax.Sche
     return schedule
 
 
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
+    """Scale the gradients by min(1, max_norm / (‖g‖ + 1e-6)), ‖g‖ their global norm: what the
+    official trainer's ``torch.nn.utils.clip_grad_norm_`` does (optax's own clip has no 1e-6)."""
+    def update(updates, state, params=None):
+        del params
+        scale = jnp.minimum(1.0, max_norm / (optax.tree.norm(updates) + 1e-6))
+        return jax.tree.map(lambda g: g * scale.astype(g.dtype), updates), state
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 def adamw(params, *, lr: optax.Schedule, weight_decay: optax.Schedule, b1: float = 0.9, b2: float = 0.95,
           eps: float = 1e-8, grad_clip: float = 0.0) -> optax.GradientTransformation:
     """AdamW over ``params`` with decay masked by :func:`decay_mask`, after clipping the gradients'
@@ -96,4 +106,4 @@ def adamw(params, *, lr: optax.Schedule, weight_decay: optax.Schedule, b1: float
         raise ValueError(f"grad_clip must be >= 0 (0 turns clipping off), got {grad_clip}")
     tx = optax.inject_hyperparams(optax.adamw, static_args=("mask",))(
         learning_rate=lr, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=decay_mask(params))
-    return optax.chain(optax.clip_by_global_norm(grad_clip), tx) if grad_clip > 0 else tx
+    return optax.chain(clip_by_global_norm(grad_clip), tx) if grad_clip > 0 else tx

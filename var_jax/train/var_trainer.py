@@ -39,7 +39,7 @@ from var_jax.image_io import labelled_grid, save_png
 from var_jax.models.state import abstract_model
 from var_jax.models.var import VAR, VARConfig
 from var_jax.models.vqvae import VQVAEConfig
-from var_jax.train import optim
+from var_jax.train import official_args, optim
 from var_jax.train.checkpointing import Checkpointer, local_workdir
 from var_jax.train.metrics import MeanAccumulator, MetricsWriter
 from var_jax.train.preemption import StopOnSignal
@@ -79,6 +79,7 @@ def default_config() -> ml_collections.ConfigDict:
             "lr": 0.0,             # ... unless this is > 0
             "lr_schedule": "lin0",  # see var_jax.train.optim.lr_schedule; progressive training uses lin{pg}
             "warmup_epochs": -1.0,  # --wp; < 0: epochs / 50
+            "warmup_iters": -1.0,   # >= 0: the warm-up in steps instead (official wp_it)
             "warmup_start": 0.005,  # --wp0
             "end_lr_ratio": 0.01,   # --wpe
             "wd": 0.05,            # --twd
@@ -87,6 +88,7 @@ def default_config() -> ml_collections.ConfigDict:
             "grad_clip": 2.0,      # --tclip; 0 = off
             "label_smooth": 0.0,   # --ls
             "pg": 0.0, "pg0": 4, "pgwp": -1.0,  # progressive training (off); pgwp < 0: epochs / 300
+            "pgwp_iters": -1.0,    # >= 0: the per-stage warm-up in steps instead (official prog_wp_it)
             "log_every": 100, "ckpt_every": 5000, "keep_checkpoints": 3,
             "max_bad_steps": 20,   # this many non-finite steps in a row stop the run
         },
@@ -104,10 +106,11 @@ def default_config() -> ml_collections.ConfigDict:
 
 def released_recipe(config: ml_collections.ConfigDict, *, batch_size: int, epochs: float, tblr: float,
                     end_lr_ratio: float, wd_end: float = -1.0) -> ml_collections.ConfigDict:
-    """A released model's configuration (``var_jax.config.released_var``) with its README recipe."""
+    """A released model's configuration (``var_jax.config.released_var``) with its README recipe
+    (official flags --bs --ep --tblr --wpe --twde, all with --fp16=1)."""
     config.update(default_config())
-    config.train.update(batch_size=batch_size, epochs=float(epochs), tblr=tblr, end_lr_ratio=end_lr_ratio,
-                        wd_end=wd_end)
+    config.train.update(official_args.train_settings(bs=batch_size, ep=epochs, tblr=tblr, wpe=end_lr_ratio,
+                                                     twde=max(wd_end, 0.0), fp16=1))
     return config
 
 
@@ -366,9 +369,7 @@ class VARTrainer:
         if saved is not None:
             check_resumable(saved, self._config_json(), self.workdir)
         self.data = _open_data(config, self.vae_cfg, var_cfg, self.mesh)
-        self.length = RunLength.of(num_images=self.data.num_images, batch_size=int(t.batch_size),
-                                   epochs=float(t.epochs), steps=int(t.steps), warmup_epochs=float(t.warmup_epochs),
-                                   prog_warmup_epochs=float(t.pgwp))
+        self.length = RunLength.of_config(t, self.data.num_images)
         self.progressive = Progressive(float(t.pg), int(t.pg0), len(var_cfg.patch_nums), self.length)
 
         # -- everything from here on allocates or computes --------------------------------------------

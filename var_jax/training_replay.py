@@ -1,0 +1,243 @@
+"""Replay of a training fixture: the official trainer's steps, run by var-jax's own training step.
+
+A training fixture (``tests/fixtures/README.md``, second part) holds the official initial
+weights, the token maps and labels of each step (labels already dropped to the null class where
+the official class dropout dropped them) and what the official step produced: loss, gradient
+norm before clipping, lr and wd, the progressive stage and warm-up factor, the no-decay set and
+the weights after the first and the last step.  The replay maps the fixture's official settings
+with :func:`var_jax.train.official_args.train_settings`, builds the optimizer and the compiled
+step with :class:`var_jax.train.var_trainer.TrainProgram` exactly as the trainer does, and runs
+the steps with label dropout and drop-path off (the fixture's randomness is already taken out).
+
+Tolerances (the fixture README's): lr and wd within 1e-6 relative, loss and gradient norm within
+1e-4 relative at every step, each parameter tensor within 1e-3 of how far the reference moved it,
+stages, token maps and the no-decay set equal.  To the parameter tolerance one float32 ulp per
+element is added: ‖ours − ref‖ ≤ 1e-3·‖ref − init‖ + ‖ulp(ref)‖.  A tensor the step moves by only
+a few ulps (in the first step, where the AdaLN gates of 1e-5 make the block gradients far smaller
+than Adam's eps) cannot be closer than that: torch rounds the decayed weight before subtracting the
+Adam step, a compiled step fuses the two into one rounding, and the results differ by one ulp on
+about a third of the elements (‖ours − ref‖ ≈ 0.57·‖ulp‖ measured).  Unfused, torch's order
+reproduces the reference to the bit, so nothing else is hidden below that floor.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from var_jax.convert import var_buffers, var_entries, var_from_official, var_to_official, vae_from_official
+from var_jax.models.state import abstract_model
+from var_jax.models.var import VAR
+from var_jax.parity import Check, configs_from_fixture
+
+SCHEDULE_TOL = 1e-6   # lr, wd: relative
+STEP_TOL = 1e-4       # loss, grad_norm: relative
+PARAM_TOL = 1e-3      # ‖ours − ref‖ / ‖ref − init‖ per tensor, plus one ulp per element (below)
+
+
+def is_training_fixture(fx) -> bool:
+    return "train/loss" in fx.files
+
+
+def run_config(cfg: dict, train_overrides: Mapping[str, object] | None = None):
+    """The var-jax run config of a training fixture's ``config_json`` (float32, label dropout and
+    drop-path off), with ``train_overrides`` (train section values) applied last."""
+    from var_jax.train import official_args
+    from var_jax.train.var_trainer import default_config
+
+    vae_cfg, var_cfg = configs_from_fixture(cfg)
+    var_cfg = dataclasses.replace(var_cfg, cond_drop_rate=0.0, drop_path_rate=0.0)
+    t = cfg["train"]
+    config = default_config()
+    config.update({"img_size": int(cfg["img"]), "vae": vae_cfg.to_dict(), "var": var_cfg.to_dict()})
+    config.train.update(official_args.train_settings(
+        bs=t["batch"], max_it=t["steps"], tblr=t["tblr"], twd=t["twd"], twde=t["twde"], wp_it=t["wp_it"],
+        sche=t["sche"], wp0=t["wp0"], wpe=t["wpe"], tclip=t["tclip"], ls=t["ls"], pg=t["pg"], pg0=t["pg0"],
+        pgwp_it=t["pgwp_it"], fp16=0))
+    config.mesh.data = 1
+    config.train.update(dict(train_overrides or {}))
+    return config
+
+
+def _relative(ours, ref) -> tuple[float, int]:
+    """(largest |ours − ref| / |ref| over the steps, the step where it is); |ref| = 0 counts absolutely."""
+    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
+    if ours.shape != ref.shape:
+        return float("inf"), -1
+    err = np.abs(ours - ref) / np.where(ref == 0, 1.0, np.abs(ref))
+    err = np.where(np.isnan(err), np.inf, err)
+    worst = int(np.argmax(err))
+    return float(err[worst]), worst
+
+
+def _no_decay_names(model: VAR, decay_mask) -> set[str]:
+    """The official names of the parameters that ``decay_mask`` (our tree of flags) leaves undecayed."""
+    flat = {tuple(str(getattr(k, "key", k)) for k in path): bool(leaf)
+            for path, leaf in jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(decay_mask))}
+    return {name for e in var_entries(model) if not flat[tuple(map(str, e.path))] for name in e.keys}
+
+
+def replay_checks(fx, train_overrides: Mapping[str, object] | None = None) -> list[Check]:
+    """Every check of a training fixture.  ``train_overrides`` ({"grad_clip": 0.0} ...) change the
+    run config after the mapping: a deliberately wrong setting must make checks FAIL."""
+    from var_jax import parallel
+    from var_jax.train import optim
+    from var_jax.train.var_schedule import Progressive, RunLength
+    from var_jax.train.var_trainer import TrainProgram
+
+    cfg = json.loads(str(fx["config_json"]))
+    config = run_config(cfg, train_overrides)
+    vae_cfg, var_cfg = configs_from_fixture(cfg)
+    var_cfg = dataclasses.replace(var_cfg, cond_drop_rate=0.0, drop_path_rate=0.0)
+    steps, batch = int(cfg["train"]["steps"]), int(cfg["train"]["batch"])
+    has = set(fx.files)
+    prefixed = lambda prefix: {k[len(prefix):]: fx[k] for k in fx.files if k.startswith(prefix)}  # noqa: E731
+
+    vae = vae_from_official(prefixed("vae/"), vae_cfg)
+    init_sd = prefixed("var/")
+    var = var_from_official(init_sd, var_cfg)
+    mesh = parallel.make_mesh(config, devices=jax.devices()[:1])
+    length = RunLength.of_config(config.train, num_images=batch)  # one step per epoch: counts are in steps
+    progressive = Progressive(float(config.train.pg), int(config.train.pg0), len(var_cfg.patch_nums), length)
+    program = TrainProgram(config, mesh, length)
+    tok_graph, tok_state = nnx.split(vae.quantize)  # the step reads token maps: it needs the quantizer only
+    params = jax.tree.map(lambda a, x: jnp.asarray(x, a.dtype), program.abstract_state["params"], nnx.state(var))
+    zero = lambda: jnp.zeros((), jnp.int32)  # noqa: E731  (three buffers: the state is donated)
+    state = jax.device_put({"step": zero(), "params": params, "opt": program.tx.init(params), "skipped": zero(),
+                            "bad_run": zero()}, program.state_sharding)
+
+    records: dict[str, list] = {k: [] for k in ("loss", "grad_norm", "lr", "wd", "prog_si", "prog_wp", "nonfinite")}
+    snapshots = {}
+    last = len(var_cfg.patch_nums) - 1
+    for s in range(steps):
+        if f"train/tokens/{s}" not in has or f"train/label/{s}" not in has:
+            break
+        batch_s = {"label": np.asarray(fx[f"train/label/{s}"], np.int32),
+                   "tokens": np.asarray(fx[f"train/tokens/{s}"], np.int32)}
+        num_scales = progressive.num_scales_at(s)
+        weight = np.float32(progressive.newest_weight(s))
+        state, metrics = program.step(tok_graph, tok_state, batch_s, num_scales)(state, batch_s, tok_state, weight)
+        for k in ("loss", "grad_norm", "lr", "wd", "nonfinite"):
+            records[k].append(float(metrics[k]))
+        records["prog_si"].append(progressive.stage(s) if progressive.pg > 0 else -1)
+        records["prog_wp"].append(float(weight))
+        if s == 0:  # a copy: on CPU the host view would alias a buffer the next step donates
+            snapshots["after_step0"] = jax.tree.map(lambda x: np.array(x, copy=True), state["params"])
+    snapshots["final"] = jax.tree.map(lambda x: np.array(x, copy=True), state["params"])
+    done = len(records["loss"])
+
+    checks: list[Check] = []
+
+    def add(name: str, error, tol: float, note: str = "") -> None:
+        checks.append(Check(name, None if error is None else float(error), tol, note))
+
+    def per_step(key: str, tol: float, ours=None) -> None:
+        name = f"train/{key}"
+        if name not in has:
+            return add(name, None, tol, "not in the fixture")
+        ref = np.asarray(fx[name], np.float64)
+        if done < steps:
+            return add(name, float("inf"), tol, f"only {done} of {steps} steps have tokens and labels")
+        err, worst = _relative(records[key] if ours is None else ours, ref)
+        add(name, err, tol, f"worst at step {worst}" if np.isfinite(err) else "not finite")
+
+    for key in ("lr", "wd"):
+        per_step(key, SCHEDULE_TOL)
+    # the stage: -1 and the last scale both mean the whole sequence (the official step maps one to the other)
+    whole = lambda si: np.where(np.asarray(si) == last, -1, np.asarray(si))  # noqa: E731
+    if "train/prog_si" in has:
+        ref_si = whole(fx["train/prog_si"])
+        ours_si = whole(records["prog_si"])
+        err = float(np.sum(ours_si != ref_si)) if ours_si.shape == ref_si.shape else float("inf")
+        add("train/prog_si", err, 0.0, "steps with another stage")
+    else:
+        add("train/prog_si", None, 0.0, "not in the fixture")
+    if "train/prog_wp" in has and "train/prog_si" in has:
+        # the warm-up factor only weighs anything while the sequence is truncated
+        ref_wp = np.asarray(fx["train/prog_wp"], np.float64)
+        used = whole(fx["train/prog_si"]) >= 0
+        if ref_wp.shape != (steps,) or len(records["prog_wp"]) != steps:
+            add("train/prog_wp", float("inf"), SCHEDULE_TOL)
+        else:
+            err, _ = _relative(np.asarray(records["prog_wp"])[used], ref_wp[used]) if used.any() else (0.0, 0)
+            add("train/prog_wp", err, SCHEDULE_TOL, f"compared on the {int(used.sum())} truncated steps")
+    else:
+        add("train/prog_wp", None, SCHEDULE_TOL, "not in the fixture")
+    per_step("loss", STEP_TOL)
+    per_step("grad_norm", STEP_TOL)
+    skipped = int(sum(records["nonfinite"]))
+    add("nonfinite_steps", skipped, 0.0, "steps the NaN guard skipped")
+
+    if "train/no_decay" in has:
+        ours = _no_decay_names(var, optim.decay_mask(program.abstract_state["params"]))
+        ref = set(json.loads(str(fx["train/no_decay"])))
+        diff = sorted(ours ^ ref)
+        add("train/no_decay", len(diff), 0.0, ("differ: " + ", ".join(diff[:6])) if diff else "")
+    else:
+        add("train/no_decay", None, 0.0, "not in the fixture")
+    if "train/tokens/0" in has and "train/img/0" in has:
+        checks.append(_token_check(fx, vae, steps))
+
+    buffers = set(var_buffers(var_cfg))
+    for phase in ("after_step0", "final"):
+        name = f"train/{phase}"
+        ref = prefixed(f"{name}/")
+        if not ref:
+            add(name, None, PARAM_TOL, "not in the fixture")
+            continue
+        model = abstract_model(VAR, var_cfg)
+        nnx.update(model, snapshots[phase])
+        ours = var_to_official(model)
+        ratios, tols = {}, {}
+        for k, r in ref.items():
+            if k in buffers:
+                continue
+            if k not in ours or ours[k].shape != r.shape:
+                ratios[k], tols[k] = float("inf"), PARAM_TOL
+                continue
+            moved = np.linalg.norm(np.asarray(r, np.float64) - init_sd[k])
+            off = np.linalg.norm(np.asarray(ours[k], np.float64) - r)
+            ulp = np.linalg.norm(np.spacing(np.abs(np.asarray(r, np.float32))).astype(np.float64))
+            ratios[k] = off / moved if moved > 0 else (0.0 if off == 0 else float("inf"))
+            tols[k] = PARAM_TOL + (ulp / moved if moved > 0 else 0.0)
+        for k in set(ours) - buffers - set(ref):  # a parameter of ours the reference lacks
+            ratios[k], tols[k] = float("inf"), PARAM_TOL
+        worst = max(ratios, key=lambda k: ratios[k] / tols[k])
+        add(name, ratios[worst], tols[worst], f"{len(ratios)} tensors, worst {worst}")
+    return checks
+
+
+def _token_check(fx, vae, steps: int) -> Check:
+    """Our tokenizer's maps of the recorded images equal the recorded token maps (what the
+    official step computed from them)."""
+    from var_jax.models.vqvae import VQVAE
+    from var_jax.parity import nhwc
+
+    img_to_idx = nnx.jit(VQVAE.img_to_idx)
+    wrong = 0
+    for s in range(steps):
+        if f"train/img/{s}" not in fx.files:
+            return Check("train/tokens", None, 0.0, f"no train/img/{s}")
+        ours = np.concatenate([np.asarray(t) for t in img_to_idx(vae, nhwc(fx[f"train/img/{s}"]))], axis=1)
+        ref = np.asarray(fx[f"train/tokens/{s}"])
+        wrong += int(np.sum(ours != ref)) if ours.shape == ref.shape else ref.size
+    return Check("train/tokens", float(wrong), 0.0, "token indices that differ")
+
+
+def format_report(checks: list[Check]) -> str:
+    width = max(len(c.name) for c in checks)
+    lines = [f"{'check':<{width}}  {'error':>10}  {'tol':>7}  status"]
+    for c in checks:
+        err = "-" if c.error is None else f"{c.error:10.3e}"
+        note = f"  ({c.note})" if c.note else ""
+        lines.append(f"{c.name:<{width}}  {err:>10}  {c.tol:7.0e}  {c.status}{note}")
+    counts = {s: sum(c.status == s for c in checks) for s in ("ok", "FAIL", "missing")}
+    lines.append(f"{counts['ok']} ok, {counts['FAIL']} FAIL, {counts['missing']} missing (of {len(checks)} checks; "
+                 f"lr, wd within {SCHEDULE_TOL:g} and loss, grad_norm within {STEP_TOL:g} relative; parameters within "
+                 f"{PARAM_TOL:g} of their movement + 1 ulp; stages, tokens and the no-decay set equal)")
+    return "\n".join(lines)
