@@ -10,7 +10,7 @@ import pytest
 
 from var_jax import parallel
 from var_jax.config import apply_override, load_config
-from var_jax.train import official_args
+from var_jax import official_args
 from var_jax.train.var_schedule import Progressive, RunLength
 from var_jax.train.var_trainer import TrainProgram, default_config
 from test_train_var import official_lr_wd, official_stage  # the official formulas, written out once

@@ -5,7 +5,7 @@ weights, the token maps and labels of each step (labels already dropped to the n
 the official class dropout dropped them) and what the official step produced: loss, gradient
 norm before clipping, lr and wd, the progressive stage and warm-up factor, the no-decay set and
 the weights after the first and the last step.  The replay maps the fixture's official settings
-with :func:`var_jax.train.official_args.train_settings`, builds the optimizer and the compiled
+with :func:`var_jax.official_args.train_settings`, builds the optimizer and the compiled
 step with :class:`var_jax.train.var_trainer.TrainProgram` exactly as the trainer does, and runs
 the steps with label dropout and drop-path off (the fixture's randomness is already taken out).
 
@@ -51,7 +51,7 @@ def is_training_fixture(fx) -> bool:
 def run_config(cfg: dict, train_overrides: Mapping[str, object] | None = None):
     """The var-jax run config of a training fixture's ``config_json`` (float32, label dropout and
     drop-path off), with ``train_overrides`` (train section values) applied last."""
-    from var_jax.train import official_args
+    from var_jax import official_args
     from var_jax.train.var_trainer import default_config
 
     vae_cfg, var_cfg = configs_from_fixture(cfg)

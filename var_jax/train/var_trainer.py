@@ -29,7 +29,7 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
-from var_jax import parallel
+from var_jax import official_args, parallel
 from var_jax.checkpoint import CONFIG_FILE, load_pretrained, save_pretrained
 from var_jax.config import model_configs
 from var_jax.data import pipeline
@@ -39,7 +39,7 @@ from var_jax.image_io import labelled_grid, save_png
 from var_jax.models.state import abstract_model
 from var_jax.models.var import VAR, VARConfig
 from var_jax.models.vqvae import VQVAEConfig
-from var_jax.train import official_args, optim
+from var_jax.train import optim
 from var_jax.train.checkpointing import Checkpointer, local_workdir
 from var_jax.train.metrics import MeanAccumulator, MetricsWriter
 from var_jax.train.preemption import StopOnSignal

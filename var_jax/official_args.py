@@ -1,7 +1,7 @@
 """The official trainer's settings (the flags of its ``train.py``) as var-jax's ``train`` config.
 
 A command line of the official trainer ports by passing its flags to :func:`train_settings` (or
-``python -m var_jax.train.official_args --tblr=8e-5 --bs=1024 ...``, which prints the
+``python -m var_jax.official_args --tblr=8e-5 --bs=1024 ...``, which prints the
 ``--config.train.*`` overrides for ``var-jax train``).  The official defaults and special values
 are resolved as its ``arg_util.py`` resolves them: ``wp=0`` means ``ep/50``, ``pgwp=0`` means
 ``ep/300``, ``twde=0`` means ``twd``, ``tclip<=0`` turns clipping off, ``pg>0`` replaces the
@@ -73,7 +73,7 @@ def train_settings(**official) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m var_jax.train.official_args",
+    parser = argparse.ArgumentParser(prog="python -m var_jax.official_args",
                                      description="Print the var-jax train overrides of an official training command "
                                                  "line (its flags as --name=value).")
     for name, default in {**OFFICIAL_DEFAULTS, **{k: None for k in ITERATION_FLAGS}}.items():
