@@ -25,19 +25,24 @@ def train_fx():
         yield fx
 
 
-def _replay(fx, **train_overrides) -> dict[str, parity.Check]:
-    with jax.default_matmul_precision("highest"):
-        checks = training_replay.replay_checks(fx, train_overrides)
+def _checks(fx, trajectory) -> dict[str, parity.Check]:
+    checks = training_replay.compare(fx, trajectory)
     assert [c.name for c in checks] == list(CHECKS)
     return {c.name: c for c in checks}
 
 
+def _replay(fx, **train_overrides) -> training_replay.Trajectory:
+    with jax.default_matmul_precision("highest"):
+        return training_replay.replay(fx, train_overrides)
+
+
 @pytest.fixture(scope="module")
-def replay(train_fx):
+def trajectory(train_fx):
     return _replay(train_fx)
 
 
-def test_replay_equals_the_official_trainer(replay):
+def test_replay_equals_the_official_trainer(train_fx, trajectory):
+    replay = _checks(train_fx, trajectory)
     for c in replay.values():
         assert c.status == "ok", (c.name, c.error, c.tol, c.note)
     # the fixture README's tolerances
@@ -59,7 +64,7 @@ def test_replay_equals_the_official_trainer(replay):
     ({"grad_clip": 0.0}, {"train/loss", "train/grad_norm", "train/after_step0", "train/final"}),
 ])
 def test_a_wrong_schedule_or_clip_fails(train_fx, wrong, failing):
-    checks = _replay(train_fx, **wrong)
+    checks = _checks(train_fx, _replay(train_fx, **wrong))
     assert {n for n, c in checks.items() if c.status == "FAIL"} == failing
 
 
@@ -68,25 +73,39 @@ def test_a_wrong_decay_mask_fails(train_fx, monkeypatch):
     # the naive rule on stacked parameters: decay everything with more than one axis (the per-layer
     # biases and scale_mul are stacked over the blocks here, so they would be decayed)
     monkeypatch.setattr(optim, "decay_mask", lambda params: jax.tree.map(lambda x: x.ndim > 1, params))
-    checks = _replay(train_fx)
+    checks = _checks(train_fx, _replay(train_fx))
     assert {n for n, c in checks.items() if c.status == "FAIL"} == {"train/no_decay", "train/after_step0",
                                                                     "train/final"}
     assert "blocks.0.attn.q_bias" in checks["train/no_decay"].note
 
 
-def test_corrupted_training_fixture(train_fx, tmp_path, capsys):
+def test_corrupted_training_fixture(train_fx, trajectory, tmp_path):
     arrays = {k: train_fx[k] for k in train_fx.files}
     del arrays["train/grad_norm"]  # missing
     arrays["train/loss"] = arrays["train/loss"].copy()
     arrays["train/loss"][5] *= 1 + 1e-3  # 10x the tolerance
+    arrays["train/final/head.bias"] = arrays["train/final/head.bias"] + 1e-2
     path = tmp_path / "corrupted_train.npz"
     np.savez(path, **arrays)
-    assert parity.main([str(path)]) == 1
-    out = capsys.readouterr().out.strip().splitlines()
+    with np.load(path) as fx:
+        report = training_replay.format_report(training_replay.compare(fx, trajectory)).splitlines()
     status = {m.group(1): m.group(2) for m in (re.match(r"^(\S+)\s+\S+\s+\S+\s+(ok|FAIL|missing)\b", line)
-                                               for line in out[1:-1])}
-    assert status == {**{n: "ok" for n in CHECKS}, "train/loss": "FAIL", "train/grad_norm": "missing"}
-    assert re.match(r"9 ok, 1 FAIL, 1 missing \(of 11 checks", out[-1])
+                                               for line in report[1:-1])}
+    assert status == {**{n: "ok" for n in CHECKS}, "train/loss": "FAIL", "train/grad_norm": "missing",
+                      "train/final": "FAIL"}
+    assert "worst head.bias" in report[CHECKS.index("train/final") + 1]
+    assert re.match(r"8 ok, 2 FAIL, 1 missing \(of 11 checks", report[-1])
+
+
+def test_command_line_recognises_a_training_fixture(train_fx, tmp_path, capsys):
+    arrays = {k: train_fx[k] for k in train_fx.files}
+    cfg = json.loads(str(arrays["config_json"]))
+    del cfg["train"]["steps"]
+    arrays["config_json"] = np.asarray(json.dumps(cfg))
+    path = tmp_path / "no_steps.npz"
+    np.savez(path, **arrays)
+    assert parity.main([str(path)]) == 2  # refused before anything runs
+    assert "gives no 'steps'" in capsys.readouterr().err
 
 
 def test_the_replay_reads_every_setting_from_the_fixture(train_fx):

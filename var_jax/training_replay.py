@@ -85,27 +85,39 @@ def _no_decay_names(model: VAR, decay_mask) -> set[str]:
     return {name for e in var_entries(model) if not flat[tuple(map(str, e.path))] for name in e.keys}
 
 
-def replay_checks(fx, train_overrides: Mapping[str, object] | None = None) -> list[Check]:
-    """Every check of a training fixture.  ``train_overrides`` ({"grad_clip": 0.0} ...) change the
-    run config after the mapping: a deliberately wrong setting must make checks FAIL."""
+@dataclasses.dataclass
+class Trajectory:
+    """What var-jax computed for a training fixture, in the fixture's terms."""
+    per_step: dict[str, np.ndarray]  # loss, grad_norm, lr, wd, prog_si (-1: whole), prog_wp, nonfinite
+    weights: dict[str, dict[str, np.ndarray]]  # "after_step0", "final": official state dicts
+    buffers: set[str]                 # the state dicts' entries that are not parameters
+    no_decay: set[str]                # official names the optimizer does not decay
+    tokens: list[np.ndarray]          # our token maps (B, L) of each step's images
+    steps: int                        # the run's length (config_json's steps)
+    num_scales: int
+    grad_norm_recorded: bool          # False with clipping off: the official step reports no norm
+
+
+def replay(fx, train_overrides: Mapping[str, object] | None = None) -> Trajectory:
+    """Run the fixture's steps through the trainer's compiled step.  ``train_overrides``
+    ({"grad_clip": 0.0} ...) change the run config after the mapping (a deliberately wrong setting
+    must make the comparison FAIL)."""
     from var_jax import parallel
+    from var_jax.models.vqvae import VQVAE
+    from var_jax.parity import nhwc
     from var_jax.train import optim
     from var_jax.train.var_schedule import Progressive, RunLength
     from var_jax.train.var_trainer import TrainProgram
 
-    cfg = json.loads(str(fx["config_json"]))
-    config = run_config(cfg, train_overrides)
+    config = run_config(json.loads(str(fx["config_json"])), train_overrides)
     vae_cfg, var_cfg = model_configs(config)
     steps, batch = int(config.train.steps), int(config.train.batch_size)
     if steps < 1:
         raise ValueError("the fixture's train section gives no 'steps' (the recorded run's max_it)")
-    clipping = float(config.train.grad_clip) > 0
-    has = set(fx.files)
     prefixed = lambda prefix: {k[len(prefix):]: fx[k] for k in fx.files if k.startswith(prefix)}  # noqa: E731
-
     vae = vae_from_official(prefixed("vae/"), vae_cfg)
-    init_sd = prefixed("var/")
-    var = var_from_official(init_sd, var_cfg)
+    var = var_from_official(prefixed("var/"), var_cfg)
+
     mesh = parallel.make_mesh(config, devices=jax.devices()[:1])
     length = RunLength.of_config(config.train, num_images=batch)  # one step per epoch: counts are in steps
     progressive = Progressive(float(config.train.pg), int(config.train.pg0), len(var_cfg.patch_nums), length)
@@ -116,11 +128,16 @@ def replay_checks(fx, train_overrides: Mapping[str, object] | None = None) -> li
     state = jax.device_put({"step": zero(), "params": params, "opt": program.tx.init(params), "skipped": zero(),
                             "bad_run": zero()}, program.state_sharding)
 
-    records: dict[str, list] = {k: [] for k in ("loss", "grad_norm", "lr", "wd", "prog_si", "prog_wp", "nonfinite")}
-    snapshots = {}
-    last = len(var_cfg.patch_nums) - 1
+    def official(params) -> dict[str, np.ndarray]:
+        model = abstract_model(VAR, var_cfg)
+        nnx.update(model, jax.tree.map(lambda x: np.array(x, copy=True), params))
+        return var_to_official(model)
+
+    per_step: dict[str, list] = {k: [] for k in ("loss", "grad_norm", "lr", "wd", "prog_si", "prog_wp", "nonfinite")}
+    weights, tokens = {}, []
+    img_to_idx = nnx.jit(VQVAE.img_to_idx)
     for s in range(steps):
-        if f"train/tokens/{s}" not in has or f"train/label/{s}" not in has:
+        if f"train/tokens/{s}" not in fx.files or f"train/label/{s}" not in fx.files:
             break
         batch_s = {"label": np.asarray(fx[f"train/label/{s}"], np.int32),
                    "tokens": np.asarray(fx[f"train/tokens/{s}"], np.int32)}
@@ -128,116 +145,108 @@ def replay_checks(fx, train_overrides: Mapping[str, object] | None = None) -> li
         weight = np.float32(progressive.newest_weight(s))
         state, metrics = program.step(tok_graph, tok_state, batch_s, num_scales)(state, batch_s, tok_state, weight)
         for k in ("loss", "grad_norm", "lr", "wd", "nonfinite"):
-            records[k].append(float(metrics[k]))
-        records["prog_si"].append(progressive.stage(s) if progressive.pg > 0 else -1)
-        records["prog_wp"].append(float(weight))
-        if s == 0:  # a copy: on CPU the host view would alias a buffer the next step donates
-            snapshots["after_step0"] = jax.tree.map(lambda x: np.array(x, copy=True), state["params"])
-    snapshots["final"] = jax.tree.map(lambda x: np.array(x, copy=True), state["params"])
-    done = len(records["loss"])
+            per_step[k].append(float(metrics[k]))
+        per_step["prog_si"].append(-1 if num_scales is None else num_scales - 1)
+        per_step["prog_wp"].append(float(weight))
+        if s == 0:  # converted (copied) now: the next step donates these buffers
+            weights["after_step0"] = official(state["params"])
+        if f"train/img/{s}" in fx.files:
+            tokens.append(np.concatenate([np.asarray(t) for t in img_to_idx(vae, nhwc(fx[f"train/img/{s}"]))], 1))
+    weights["final"] = official(state["params"])
+    return Trajectory({k: np.asarray(v, np.float64) for k, v in per_step.items()}, weights, set(var_buffers(var_cfg)),
+                      _no_decay_names(var, optim.decay_mask(program.abstract_state["params"])), tokens, steps,
+                      len(var_cfg.patch_nums), float(config.train.grad_clip) > 0)
 
+
+def compare(fx, ours: Trajectory) -> list[Check]:
+    """Every check of a training fixture against a replay of it.  A reference the fixture lacks is
+    ``missing``."""
+    has = set(fx.files)
+    steps, done = ours.steps, len(ours.per_step["loss"])
     checks: list[Check] = []
 
     def add(name: str, error, tol: float, note: str = "") -> None:
         checks.append(Check(name, None if error is None else float(error), tol, note))
 
-    def per_step(key: str, tol: float) -> None:
+    def per_step(key: str, tol: float, compared=None) -> None:
         name = f"train/{key}"
         if name not in has:
             return add(name, None, tol, "not in the fixture")
-        ref = np.asarray(fx[name], np.float64)
+        ref, mine = np.asarray(fx[name], np.float64), ours.per_step[key]
         if done < steps:
             return add(name, float("inf"), tol, f"only {done} of {steps} steps have tokens and labels")
-        ours = np.asarray(records[key], np.float64)
-        unrecorded = np.isnan(ref) if key == "grad_norm" and not clipping else np.zeros(ref.shape, bool)
-        if ours.shape != ref.shape or unrecorded.all():
-            return add(name, float("inf") if ours.shape != ref.shape else 0.0, tol,
-                       "shapes differ" if ours.shape != ref.shape else "clipping off: the official step reports no norm")
-        err, worst = _relative(ours[~unrecorded], ref[~unrecorded])
-        worst = int(np.flatnonzero(~unrecorded)[worst]) if np.isfinite(err) else worst
-        add(name, err, tol, f"worst at step {worst}" if np.isfinite(err) else "not finite")
+        if mine.shape != ref.shape:
+            return add(name, float("inf"), tol, f"{ref.shape[0] if ref.ndim else 0} values for {steps} steps")
+        compared = np.ones(ref.shape, bool) if compared is None else compared
+        if not compared.any():
+            return add(name, 0.0, tol, "nothing to compare")
+        err, at = _relative(mine[compared], ref[compared])
+        add(name, err, tol, f"worst at step {int(np.flatnonzero(compared)[at])}" if np.isfinite(err) else "not finite")
 
     for key in ("lr", "wd"):
         per_step(key, SCHEDULE_TOL)
     # the stage: -1 and the last scale both mean the whole sequence (the official step maps one to the other)
-    whole = lambda si: np.where(np.asarray(si) == last, -1, np.asarray(si))  # noqa: E731
-    if "train/prog_si" in has:
-        ref_si = whole(fx["train/prog_si"])
-        ours_si = whole(records["prog_si"])
-        err = float(np.sum(ours_si != ref_si)) if ours_si.shape == ref_si.shape else float("inf")
-        add("train/prog_si", err, 0.0, "steps with another stage")
+    whole = lambda si: np.where(np.asarray(si) == ours.num_scales - 1, -1, np.asarray(si))  # noqa: E731
+    if "train/prog_si" in has and done == steps and np.shape(fx["train/prog_si"]) == (steps,):
+        add("train/prog_si", np.sum(whole(ours.per_step["prog_si"]) != whole(fx["train/prog_si"])), 0.0,
+            "steps with another stage")
+        # the warm-up factor weighs nothing in a progressive run's whole-sequence stage: not compared there
+        progressive = np.any(whole(fx["train/prog_si"]) >= 0)
+        per_step("prog_wp", SCHEDULE_TOL, (whole(fx["train/prog_si"]) >= 0) | (not progressive))
     else:
-        add("train/prog_si", None, 0.0, "not in the fixture")
-    if "train/prog_wp" in has and "train/prog_si" in has:
-        # the factor weighs nothing in a progressive run's whole-sequence stage: not compared there
-        ref_wp = np.asarray(fx["train/prog_wp"], np.float64)
-        used = (whole(fx["train/prog_si"]) >= 0) | (progressive.pg <= 0)
-        if ref_wp.shape != (steps,) or len(records["prog_wp"]) != steps:
-            add("train/prog_wp", float("inf"), SCHEDULE_TOL, "shapes differ")
-        else:
-            err, _ = _relative(np.asarray(records["prog_wp"])[used], ref_wp[used]) if used.any() else (0.0, 0)
-            add("train/prog_wp", err, SCHEDULE_TOL, f"compared on {int(used.sum())} steps")
-    else:
-        add("train/prog_wp", None, SCHEDULE_TOL, "not in the fixture")
+        add("train/prog_si", None if "train/prog_si" not in has else float("inf"), 0.0, "stages not comparable")
+        per_step("prog_wp", SCHEDULE_TOL)
     per_step("loss", STEP_TOL)
-    per_step("grad_norm", STEP_TOL)
-    skipped = int(sum(records["nonfinite"]))
-    add("nonfinite_steps", skipped, 0.0, "steps the NaN guard skipped")
+    # with clipping off the official step returns no norm: values it could not record are not compared
+    grad_norm = np.asarray(fx["train/grad_norm"], np.float64) if "train/grad_norm" in has else None
+    per_step("grad_norm", STEP_TOL, None if ours.grad_norm_recorded or grad_norm is None else ~np.isnan(grad_norm))
+    add("nonfinite_steps", np.sum(ours.per_step["nonfinite"]), 0.0, "steps the NaN guard skipped")
 
     if "train/no_decay" in has:
-        ours = _no_decay_names(var, optim.decay_mask(program.abstract_state["params"]))
-        ref = set(json.loads(str(fx["train/no_decay"])))
-        diff = sorted(ours ^ ref)
+        diff = sorted(ours.no_decay ^ set(json.loads(str(fx["train/no_decay"]))))
         add("train/no_decay", len(diff), 0.0, ("differ: " + ", ".join(diff[:6])) if diff else "")
     else:
         add("train/no_decay", None, 0.0, "not in the fixture")
-    if "train/tokens/0" in has and "train/img/0" in has:
-        checks.append(_token_check(fx, vae, steps))
+    ref_tokens = [fx[f"train/tokens/{s}"] for s in range(steps) if f"train/tokens/{s}" in has]
+    if len(ours.tokens) == len(ref_tokens) == steps:
+        add("train/tokens", sum(int(np.sum(a != b)) if a.shape == b.shape else b.size
+                                for a, b in zip(ours.tokens, ref_tokens)), 0.0, "token indices that differ")
+    else:
+        add("train/tokens", None, 0.0, "images or token maps of some steps not in the fixture")
 
-    buffers = set(var_buffers(var_cfg))
+    init = {k[len("var/"):]: fx[k] for k in has if k.startswith("var/")}
     for phase in ("after_step0", "final"):
         name = f"train/{phase}"
-        ref = prefixed(f"{name}/")
+        ref = {k[len(name) + 1:]: fx[k] for k in has if k.startswith(f"{name}/")}
         if not ref:
             add(name, None, PARAM_TOL, "not in the fixture")
             continue
-        model = abstract_model(VAR, var_cfg)
-        nnx.update(model, snapshots[phase])
-        ours = var_to_official(model)
-        ratios, tols = {}, {}
-        for k, r in ref.items():
-            if k in buffers:
-                continue
-            if k not in ours or ours[k].shape != r.shape:
-                ratios[k], tols[k] = float("inf"), PARAM_TOL
-                continue
-            moved = np.linalg.norm(np.asarray(r, np.float64) - init_sd[k])
-            off = np.linalg.norm(np.asarray(ours[k], np.float64) - r)
-            ulp = np.linalg.norm(np.spacing(np.abs(np.asarray(r, np.float32))).astype(np.float64))
-            ratios[k] = off / moved if moved > 0 else (0.0 if off == 0 else float("inf"))
-            tols[k] = PARAM_TOL + (ulp / moved if moved > 0 else 0.0)
-        for k in set(ours) - buffers - set(ref):  # a parameter of ours the reference lacks
-            ratios[k], tols[k] = float("inf"), PARAM_TOL
-        worst = max(ratios, key=lambda k: ratios[k] / tols[k])
-        add(name, ratios[worst], tols[worst], f"{len(ratios)} tensors, worst {worst}")
+        add(name, *_weight_error(ours.weights[phase], ref, init, ours.buffers))
     return checks
 
 
-def _token_check(fx, vae, steps: int) -> Check:
-    """Our tokenizer's maps of the recorded images equal the recorded token maps (what the
-    official step computed from them)."""
-    from var_jax.models.vqvae import VQVAE
-    from var_jax.parity import nhwc
+def _weight_error(ours: dict, ref: dict, init: dict, buffers: set[str]) -> tuple[float, float, str]:
+    """(error, tolerance, note) of the worst parameter tensor: ‖ours − ref‖ / ‖ref − init‖ against
+    PARAM_TOL + ‖ulp(ref)‖ / ‖ref − init‖."""
+    params = (set(ours) | set(ref)) - buffers
+    ratios, tols = {}, {}
+    for k in params:
+        if k not in ours or k not in ref or k not in init or ours[k].shape != ref[k].shape:
+            ratios[k], tols[k] = float("inf"), PARAM_TOL  # a tensor one side lacks
+            continue
+        r = np.asarray(ref[k], np.float64)
+        moved = np.linalg.norm(r - init[k])
+        off = np.linalg.norm(np.asarray(ours[k], np.float64) - r)
+        ulp = np.linalg.norm(np.spacing(np.abs(np.asarray(ref[k], np.float32))).astype(np.float64))
+        ratios[k] = off / moved if moved > 0 else (0.0 if off == 0 else float("inf"))
+        tols[k] = PARAM_TOL + (ulp / moved if moved > 0 else 0.0)
+    worst = max(params, key=lambda k: ratios[k] / tols[k])
+    return ratios[worst], tols[worst], f"{len(params)} tensors, worst {worst}"
 
-    img_to_idx = nnx.jit(VQVAE.img_to_idx)
-    wrong = 0
-    for s in range(steps):
-        if f"train/img/{s}" not in fx.files:
-            return Check("train/tokens", None, 0.0, f"no train/img/{s}")
-        ours = np.concatenate([np.asarray(t) for t in img_to_idx(vae, nhwc(fx[f"train/img/{s}"]))], axis=1)
-        ref = np.asarray(fx[f"train/tokens/{s}"])
-        wrong += int(np.sum(ours != ref)) if ours.shape == ref.shape else ref.size
-    return Check("train/tokens", float(wrong), 0.0, "token indices that differ")
+
+def replay_checks(fx, train_overrides: Mapping[str, object] | None = None) -> list[Check]:
+    """:func:`compare` of :func:`replay`: what ``python -m var_jax.parity`` prints for a training fixture."""
+    return compare(fx, replay(fx, train_overrides))
 
 
 def format_report(checks: list[Check]) -> str:
