@@ -38,9 +38,8 @@ from var_jax.parity import Check, configs_from_fixture
 
 SCHEDULE_TOL = 1e-6   # lr, wd: relative
 STEP_TOL = 1e-4       # loss, grad_norm: relative
-PARAM_TOL = 1e-3      # ‖ours − ref‖ / ‖ref − init‖ per tensor, plus one ulp per element (below)
-
-
+PARAM_TOL = 1e-3      # ‖ours − ref‖ / ‖ref − init‖ per tensor, plus one ulp per element (above)
+# config_json's train keys that are not the official flag names (the others are: tblr, twd, wp_it, ...)
 FIXTURE_FLAGS = {"batch": "bs", "steps": "max_it"}
 
 
