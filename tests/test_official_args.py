@@ -9,10 +9,10 @@ import jax
 import pytest
 
 from var_jax import parallel
-from var_jax.config import apply_override, load_config
+from var_jax.config import apply_override, load_config, var_training
 from var_jax import official_args
 from var_jax.train.var_schedule import Progressive, RunLength
-from var_jax.train.var_trainer import TrainProgram, default_config
+from var_jax.train.var_trainer import TrainProgram
 from test_train_var import official_lr_wd, official_stage  # the official formulas, written out once
 
 IMAGENET = 1_281_167
@@ -44,7 +44,7 @@ def official_prog_wp(stages, prog_wp_it):
 
 
 def tiny_program(settings: dict, num_images: int) -> tuple[TrainProgram, RunLength]:
-    config = default_config()
+    config = var_training()
     config.update({"img_size": 16, "vae": {"vocab_size": 16, "z_channels": 8, "ch": 32, "ch_mult": [1, 1],
                                            "num_res_blocks": 1, "v_patch_nums": [1, 2, 3, 4, 6, 8]},
                    "var": {"vocab_size": 16, "Cvae": 8, "num_classes": 4, "depth": 1, "embed_dim": 16, "num_heads": 2,
@@ -106,7 +106,7 @@ def test_progressive_warmup_factor_equals_the_stateful_official_one():
 
 
 def _train(settings):
-    config = default_config()
+    config = var_training()
     config.train.update(settings)
     return config.train
 
@@ -129,7 +129,7 @@ def test_official_defaults_and_special_values():
 
 def test_released_recipes_use_the_mapping():
     d30 = load_config("var_d30").train
-    assert d30.to_dict() == {**default_config().train.to_dict(), **official_args.train_settings(
+    assert d30.to_dict() == {**var_training().train.to_dict(), **official_args.train_settings(
         bs=1024, ep=350, tblr=8e-5, wpe=0.01, twde=0.08, fp16=1)}
     assert (d30.batch_size, d30.epochs, d30.tblr, d30.wd_end, d30.compute_dtype) == (1024, 350, 8e-5, 0.08, "bfloat16")
 
@@ -138,7 +138,7 @@ def test_command_line_prints_the_overrides(capsys):
     assert official_args.main(["--tblr=8e-5", "--bs=1024", "--ep=350", "--twde=0.08", "--fp16=1", "--depth=30"]) == 0
     captured = capsys.readouterr()
     assert "--depth=30" in captured.err  # a model flag: not a training setting
-    config = default_config()
+    config = var_training()
     for item in captured.out.split():
         apply_override(config, item.removeprefix("--config."))
     want = official_args.train_settings(tblr=8e-5, bs=1024, ep=350, twde=0.08, fp16=1)

@@ -51,13 +51,13 @@ def run_config(cfg: dict, train_overrides: Mapping[str, object] | None = None):
     """The var-jax run config of a training fixture's ``config_json`` (float32, label dropout and
     drop-path off), with ``train_overrides`` (train section values) applied last."""
     from var_jax import official_args
-    from var_jax.train.var_trainer import default_config
+    from var_jax.config import var_training
 
     vae_cfg, var_cfg = configs_from_fixture(cfg)
     var_cfg = dataclasses.replace(var_cfg, cond_drop_rate=0.0, drop_path_rate=0.0)
     # the fixture's names of the official flags; a flag it leaves out takes the official default
     flags = {FIXTURE_FLAGS.get(k, k): v for k, v in cfg["train"].items()}
-    config = default_config()
+    config = var_training()
     config.update({"img_size": int(cfg["img"]), "vae": vae_cfg.to_dict(), "var": var_cfg.to_dict()})
     config.train.update(official_args.train_settings(**flags))
     config.train.compute_dtype = "float32"
@@ -105,6 +105,7 @@ def replay(fx, train_overrides: Mapping[str, object] | None = None) -> Trajector
     from var_jax.models.vqvae import VQVAE
     from var_jax.parity import nhwc
     from var_jax.train import optim
+    from var_jax.train.loop import counters
     from var_jax.train.var_schedule import Progressive, RunLength
     from var_jax.train.var_trainer import TrainProgram
 
@@ -123,9 +124,7 @@ def replay(fx, train_overrides: Mapping[str, object] | None = None) -> Trajector
     program = TrainProgram(config, mesh, length)
     tok_graph, tok_state = nnx.split(vae.quantize)  # the step reads token maps: it needs the quantizer only
     params = jax.tree.map(lambda a, x: jnp.asarray(x, a.dtype), program.abstract_state["params"], nnx.state(var))
-    zero = lambda: jnp.zeros((), jnp.int32)  # noqa: E731  (three buffers: the state is donated)
-    state = jax.device_put({"step": zero(), "params": params, "opt": program.tx.init(params), "skipped": zero(),
-                            "bad_run": zero()}, program.state_sharding)
+    state = jax.device_put({**counters(), "params": params, "opt": program.tx.init(params)}, program.state_sharding)
 
     def official(params) -> dict[str, np.ndarray]:
         model = abstract_model(VAR, var_cfg)
