@@ -43,6 +43,7 @@ from var_jax.train import optim
 from var_jax.train.checkpointing import Checkpointer, local_workdir
 from var_jax.train.metrics import MeanAccumulator, MetricsWriter
 from var_jax.train.preemption import StopOnSignal
+from var_jax.train.step_memory import resolve_auto_remat
 from var_jax.train.var_schedule import Progressive, RunLength
 from var_jax.train.var_step import StepSettings, make_eval_step, make_train_step
 
@@ -353,6 +354,8 @@ class VARTrainer:
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, tokenizer=None):
         """``tokenizer``: the VQVAE of ``config.tokenizer`` when the caller has it loaded already."""
+        # var.remat=auto: the policy whose step fits these devices, decided as `var-jax plan --remat auto` does
+        config = resolve_auto_remat(config)
         self.config = config
         self.workdir = local_workdir(workdir)
         t = config.train
