@@ -27,17 +27,21 @@ def libtpu():
 
 
 def tiny_config() -> ml_collections.ConfigDict:
-    vae, var = tiny_vae_config(), tiny_var_config(patch_nums=(1, 2, 4))
+    """A tiny VAR whose activations still dominate its step's memory at a large batch (85 tokens,
+    width 128; smaller ones are dominated by the TPU's tile padding, whatever the batch)."""
+    patch_nums = (1, 2, 4, 8)
+    vae = tiny_vae_config(v_patch_nums=patch_nums, ch_mult=(1, 2, 2))
+    var = tiny_var_config(patch_nums=patch_nums, embed_dim=128)
     return ml_collections.ConfigDict({"img_size": vae.image_size(), "vae": vae.to_dict(), "var": var.to_dict()})
 
 
 SLICE = "v5e:2x2"
 MESH = {"data": 1, "fsdp": -1, "model": 1}
-# What the tiny step needs per chip on SLICE with no rematerialisation (libtpu 0.0.42): about
-# BIG_NONE at batch BIG, under SMALL_NONE at batch SMALL; with any checkpoint policy, less than BUDGET
-# at batch BIG.  The budget sits between, with a wide margin to both sides.
-BIG, SMALL = 1024, 32
-BUDGET = 2 << 20
+# Per chip on SLICE (libtpu 0.0.42.1) at batch BIG: 0.96 GiB without rematerialisation, 0.52 GiB
+# keeping the matmuls' outputs (dots_saveable); at SMALL about 1/16 of the first.  BUDGET lies
+# between, a factor of 1.3 or more from each.
+BIG, SMALL = 1024, 64
+BUDGET = 768 << 20
 
 
 def test_topology_names_and_a_clear_error_for_unknown_ones():
@@ -65,12 +69,9 @@ def test_tiny_train_step_compiles_for_a_v5e_slice_and_auto_keeps_all_activations
     assert whole / 4 <= r["params_bytes"] < whole
     assert 2 * r["params_bytes"] <= r["optimizer_bytes"] <= 2 * r["params_bytes"] + 64
     assert r["params_bytes"] + r["optimizer_bytes"] + r["temporaries_bytes"] <= r["total_bytes"] <= BUDGET
-    var_cfg = tiny_var_config(patch_nums=(1, 2, 4))
+    var_cfg = tiny_var_config(patch_nums=(1, 2, 4, 8), embed_dim=128)
     assert r["model_flops"] == pytest.approx(flops.train_flops_per_image(var_cfg) * SMALL)
     assert r["step_time_bound_s"] == pytest.approx(r["model_flops"] / (4 * 197e12))
-    # Too little memory for any step: the answer says so, with the bytes needed.
-    none = plan.plan_tpu(config, SLICE, MESH, SMALL, remat="none", memory_bytes=1 << 10)
-    assert not none["fits"] and none["remat"] == "none" and none["total_bytes"] == r["total_bytes"]
 
 
 def test_plan_command_auto_recomputes_at_a_larger_batch(libtpu, tmp_path):
@@ -81,15 +82,15 @@ def test_plan_command_auto_recomputes_at_a_larger_batch(libtpu, tmp_path):
                     f"def get_config():\n    return ml_collections.ConfigDict({tiny_config().to_dict()!r})\n")
     proc = subprocess.run([sys.executable, "-m", "var_jax.plan", "--config", str(path), "--topology", "v5litepod-4",
                            "--mesh", "fsdp=-1", "--batch", str(BIG), "--remat", "auto",
-                           "--memory-gib", str(BUDGET / 2**30)], capture_output=True, text=True, timeout=300)
+                           "--memory-gib", str(BUDGET / 2**30)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert (r["topology"], r["fits"]) == ("v5e:2x2", True) and r["remat"] != "none"
-    assert [t["remat"] for t in r["tried"]] == list(step_memory.REMAT_ORDER[:len(r["tried"])])
+    assert (r["topology"], r["fits"], r["remat"]) == ("v5e:2x2", True, "dots_saveable")
+    assert [t["remat"] for t in r["tried"]] == ["none", "dots_saveable"] == list(step_memory.REMAT_ORDER[:2])
     assert not r["tried"][0]["fits"] and r["tried"][0]["total_bytes"] > BUDGET >= r["total_bytes"]
     assert f"fits with remat {r['remat']}" in proc.stdout
     bad = subprocess.run([sys.executable, "-m", "var_jax.plan", "--config", str(path), "--topology", "v9:2x2",
-                          "--mesh", "fsdp=-1", "--batch", "8"], capture_output=True, text=True, timeout=300)
+                          "--mesh", "fsdp=-1", "--batch", "8"], capture_output=True, text=True, timeout=600)
     assert bad.returncode == 2 and "unknown TPU topology 'v9:2x2'" in bad.stderr
 
 

@@ -171,7 +171,8 @@ def plan_tpu(config, topology: str, mesh_sizes: dict[str, int], batch: int, samp
             "step_time_bound_s": step_flops / (tpu.chips * tpu.chip.peak_flops),
             "tried": [{"remat": f.remat, "fits": f.fits, "compile_s": round(f.compile_s, 1),
                        "total_bytes": f.memory and f.memory["peak"],
-                       "temporaries_bytes": f.memory["temporaries"] if f.memory else f.refused[1]} for f in tried]})
+                       "temporaries_bytes": f.memory["temporaries"] if f.memory else f.refused[1],
+                       "compiled": f.memory} for f in tried]})
         report["var"]["remat"] = kept.remat
     if sample_batch and vae_cfg is not None:
         report["sample_batch"] = sample_batch
