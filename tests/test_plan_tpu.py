@@ -59,7 +59,7 @@ def test_topology_names_and_a_clear_error_for_unknown_ones():
 
 def test_tiny_train_step_compiles_for_a_v5e_slice_and_auto_keeps_all_activations(libtpu):
     config = tiny_config()
-    r = plan.plan_tpu(config, SLICE, MESH, SMALL, remat="auto", memory_bytes=BUDGET)
+    r = plan.plan_tpu(config, SLICE, MESH, SMALL, sample_batch=8, remat="auto", memory_bytes=BUDGET)
     assert (r["topology"], r["device_kind"], r["chips"], r["mesh"]["fsdp"]) == ("v5e:2x2", "TPU v5 lite", 4, 4)
     assert r["hbm_bytes"] == int(15.75 * 2**30) and r["memory_budget_bytes"] == BUDGET
     assert r["fits"] and r["remat"] == "none" and [t["remat"] for t in r["tried"]] == ["none"]
@@ -72,6 +72,9 @@ def test_tiny_train_step_compiles_for_a_v5e_slice_and_auto_keeps_all_activations
     var_cfg = tiny_var_config(patch_nums=(1, 2, 4, 8), embed_dim=128)
     assert r["model_flops"] == pytest.approx(flops.train_flops_per_image(var_cfg) * SMALL)
     assert r["step_time_bound_s"] == pytest.approx(r["model_flops"] / (4 * 197e12))
+    # The sampler holds the VAR's parameters (and the tokenizer's) and its KV cache.
+    sampler = r["sampler"]
+    assert sampler["fits"] and sampler["arguments"] >= r["params_bytes"] and sampler["temporaries"] > 0
 
 
 def test_plan_command_auto_recomputes_at_a_larger_batch(libtpu, tmp_path):

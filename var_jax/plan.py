@@ -132,6 +132,8 @@ def plan_tpu(config, topology: str, mesh_sizes: dict[str, int], batch: int, samp
     ``memory_bytes``: what a chip may use (default: its HBM).  ``progress(text)`` hears of each compile."""
     import time
 
+    import jax
+
     from var_jax import parallel, tpu_slices
     from var_jax.models import flops
     from var_jax.train.step_memory import REMAT_ORDER, choose_remat, out_of_memory, with_remat
@@ -180,7 +182,7 @@ def plan_tpu(config, topology: str, mesh_sizes: dict[str, int], batch: int, samp
         try:
             sampler = sampler_memory(vae_cfg, var_cfg, mesh, rules, sample_batch, sampling)
             report["sampler"] = {**sampler, "fits": sampler["peak"] <= budget}
-        except Exception as e:  # the compiler refusing a sampler that does not fit is an answer too
+        except jax.errors.JaxRuntimeError as e:  # the compiler refusing a sampler that does not fit is an answer too
             oom = out_of_memory(e)
             if oom is None:
                 raise
