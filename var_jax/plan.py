@@ -284,6 +284,8 @@ def run(args: argparse.Namespace, overrides: list[str]) -> None:
         return
     import jax
     jax.config.update("jax_platforms", "cpu")  # compiling for the topology needs no TPU, and takes none in use
+    # Executables of compile-only devices cannot be read back from JAX's persistent cache.
+    jax.config.update("jax_enable_compilation_cache", False)
     memory = None if args.memory_gib is None else int(args.memory_gib * GiB)
     report = plan_tpu(config, args.topology, mesh_sizes, args.batch, args.sample_batch, args.remat,
                       train=not args.no_train, memory_bytes=memory,
