@@ -30,6 +30,12 @@ setup(
         # torch is only needed to read official .pth files; the converter core works on numpy dicts.
         "convert": ["torch>=2.1"],
         "dev": ["pytest>=8.0", "pytest-timeout>=2.3", "pytest-xdist>=3.5"],
+        # Accelerator builds, the JAX way: jax's own extras pin the libtpu / CUDA plugin that matches
+        # the jax installed. libtpu also compiles for TPU topologies on a machine without one
+        # (`var-jax plan --topology`).
+        "tpu": ["jax[tpu]>=0.10.2"],
+        "cuda12": ["jax[cuda12]>=0.10.2"],
+        "cuda13": ["jax[cuda13]>=0.10.2"],
     },
     entry_points={"console_scripts": ["var-jax=var_jax.cli:main"]},
 )

@@ -163,9 +163,11 @@ def _add_plan_command(sub) -> None:
     from var_jax import plan
     p = sub.add_parser("plan", help="per-device memory of training and sampling on a mesh, before renting it",
                        description="Compile the VAR train step (and, with --sample-batch, the sampler) for a mesh "
-                                   "on fake CPU devices and print the per-device bytes of parameters, optimizer "
-                                   "state and temporaries from the compiled programs. --config.key=value overrides "
-                                   "the config (e.g. --config.var.remat=full).")
+                                   "on fake CPU devices, or with --topology by the TPU compiler for a TPU slice (no "
+                                   "TPU needed), and print the per-device bytes of parameters, optimizer state and "
+                                   "temporaries from the compiled programs; with --topology also whether it fits, the "
+                                   "model FLOPs and a step-time bound, and one JSON line. --config.key=value "
+                                   "overrides the config (e.g. --config.var.remat=full).")
     plan.build_parser(p)
     p.set_defaults(run=plan.run)
 

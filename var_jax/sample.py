@@ -248,7 +248,16 @@ class Sampler:
         return SampleResult(images, tokens, labels)
 
     def lower(self, batch: int, forced=None):
-        """The program for ``batch`` images, lowered (``.compile()`` it to time compilation)."""
+        """The program for ``batch`` images, lowered (``.compile()`` it to time compilation).  Without
+        ``forced`` the inputs are abstract, so the mesh may be of compile-only devices (a TPU topology)."""
+        if forced is None:
+            labels, key = jax.ShapeDtypeStruct((batch,), jnp.int32), jax.eval_shape(lambda: jax.random.key(0))
+            if self.layout is not None:
+                mesh, rules = self.layout.mesh, dict(self.layout.rules)
+                labels = jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=parallel.batch_sharding(mesh, rules, 1))
+                key = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=parallel.replicated(mesh))
+            return _sample_program.lower(self.graphdefs, self.states, labels, key, None, self.settings, self.uint8,
+                                         self.layout)
         labels, key = jnp.zeros((batch,), jnp.int32), jax.random.key(0)
         if self.layout is not None:
             labels, key, forced = self._on_mesh(labels, key, forced)
