@@ -421,6 +421,8 @@ def main(argv: list[str] | None = None) -> int:
     overrides = [a for a in argv if a.startswith("--config.")]
     args = build_parser().parse_args([a for a in argv if not a.startswith("--config.")])
     try:
+        from var_jax import compile_cache
+        compile_cache.enable()
         code = args.run(args, overrides)
     except (ValueError, KeyError, FileNotFoundError, FileExistsError, ImportError) as e:
         print(f"var-jax {args.command}: error: {e}", file=sys.stderr)
