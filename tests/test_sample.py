@@ -15,7 +15,8 @@ from var_jax.models.var import VAR
 from var_jax.models.vqvae import VQVAE
 from var_jax.ops.resample import bilinear_matrix
 from var_jax.ops.sampling import filter_top_k_top_p
-from var_jax.sample import (Sampler, SamplingSettings, box_keep_mask, edit, generate, scale_keep_masks)
+from var_jax.sample import (Sampler, SamplingSettings, _sample_program, box_keep_mask, edit, generate,
+                            scale_keep_masks)
 from var_jax.sample_npz import write_evaluation_npz
 
 # float32 models against float32 models computed along another path: 1e-4 is the parity tolerance,
@@ -87,6 +88,23 @@ def test_same_seed_same_images_other_seed_other_images(tiny_models):
     assert any(not np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a.tokens, c.tokens))
 
 
+def test_bfloat16_sampler_stores_its_kernels_in_bfloat16_with_the_same_result(tiny_vae, tiny_var):
+    vae = init_model(VQVAE, tiny_vae(dtype="bfloat16"), seed=0)
+    var = init_model(VAR, tiny_var(patch_nums=(1, 2, 4), dtype="bfloat16"), seed=1)
+    sampler = Sampler(vae, var, SamplingSettings(cfg=2.0, top_k=5, top_p=0.9), uint8=False)
+    stored = {jax.tree_util.keystr(p) for p, x in jax.tree_util.tree_leaves_with_path(sampler.states[1])
+              if x.dtype == jnp.bfloat16}
+    assert len(stored) == 6 and all("kernel" in p or "mat_qkv" in p for p in stored), stored
+    labels = jnp.asarray([0, 1, 2, 3], jnp.int32)
+    ours = sampler(labels, seed=0)
+    # The float32 weights converted at each use instead: the same bfloat16 operands reach every product.
+    images, tokens = _sample_program(sampler.graphdefs, (sampler.states[0], nnx.split(var)[1]), labels,
+                                     jax.random.key(0), None, sampler.settings, False)
+    for a, b in zip(ours.tokens, tokens):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    np.testing.assert_allclose(np.asarray(ours.images), np.asarray(images), atol=1e-6)
+
+
 def test_random_and_unconditional_labels(tiny_models):
     sampler = Sampler(*tiny_models)
     drawn = sampler(None, batch=6, seed=0).labels
@@ -137,6 +155,19 @@ def test_top_k_top_p_match_the_official_rule(top_k, top_p):
     ours = np.asarray(filter_top_k_top_p(jnp.asarray(logits), top_k, top_p))
     np.testing.assert_array_equal(np.isinf(ours), np.isinf(_official_filter(logits, top_k, top_p)))
     np.testing.assert_array_equal(ours[~np.isinf(ours)], logits[~np.isinf(ours)])
+
+
+@pytest.mark.parametrize("top_k, top_p", [(3, 0.5), (3, 0.9), (6, 0.3), (6, 0.99), (2, 1.0)])
+def test_top_k_top_p_with_ties_at_the_kth_match_the_official_rule(top_k, top_p):
+    # Logits on a coarse grid: many rows have ties with the k-th largest beyond the k selected, and
+    # the top-p cut falls before, among and after them depending on p.  Ties at the top-p cut are all
+    # kept: every logit ≥ the smallest one the official rule keeps survives.
+    logits = np.round(np.random.default_rng(1).normal(size=(64, 12)) * 2).astype(np.float32) / 2
+    official = _official_filter(logits, top_k, top_p)
+    lowest_kept = np.where(np.isinf(official), np.inf, official).min(axis=-1, keepdims=True)
+    ours = np.asarray(filter_top_k_top_p(jnp.asarray(logits), top_k, top_p))
+    np.testing.assert_array_equal(~np.isinf(ours), logits >= lowest_kept)
+    assert (np.sum(logits >= np.sort(logits)[:, -top_k:-top_k + 1], axis=-1) > top_k).any()  # ties beyond k exist
 
 
 def test_top_k_keeps_ties():
