@@ -33,24 +33,28 @@ def _convert(args: argparse.Namespace, overrides: list[str]) -> None:
             raise FileNotFoundError(f"no such file: {path}")
     var_sd = convert.read_pth(args.var, "var_wo_ddp") if args.var else None
     vae_sd = convert.read_pth(args.vae, "vae_local") if args.vae else None
+    vae_cfg = var_cfg = None
     if args.config:
         from var_jax.config import load_config, model_configs
         vae_cfg, var_cfg = model_configs(load_config(args.config, overrides))
         for flag, sd, cfg, section in (("--vae", vae_sd, vae_cfg, "vae"), ("--var", var_sd, var_cfg, "var")):
             if sd is not None and cfg is None:
                 raise ValueError(f"{flag} was given but the config {args.config} has no '{section}' section")
-    else:
-        from var_jax.config import PATCH_NUMS
-        var_cfg = convert.infer_var_config(var_sd) if var_sd is not None else None
-        patch_nums = var_cfg.patch_nums if var_cfg else PATCH_NUMS[args.img_size]
-        vae_cfg = convert.infer_vae_config(vae_sd, patch_nums) if vae_sd is not None else None
-    vae = convert.vae_from_official(vae_sd, vae_cfg) if vae_sd is not None else None
-    var = convert.var_from_official(var_sd, var_cfg) if var_sd is not None else None
+    vae, var = convert.models_from_official(vae_sd, var_sd, vae_cfg=vae_cfg, var_cfg=var_cfg, img_size=args.img_size)
     out = save_pretrained(args.out, vae=vae, var=var)
     print(f"wrote {out} (load it with var_jax.load_pretrained({str(out)!r}))")
 
 
 def _load_models(args):
+    if bool(args.ckpt) == bool(args.model):
+        raise ValueError("give --ckpt DIR (a var-jax model directory) or --model NAME (a released model: "
+                         "var_d16, var_d20, var_d24, var_d30, var_d36), not both" if args.ckpt else
+                         "give --ckpt DIR (a var-jax model directory) or --model NAME (a released model: "
+                         "var_d16, var_d20, var_d24, var_d30, var_d36)")
+    if args.model:
+        from var_jax.hub import from_pretrained
+        vae, var, _ = from_pretrained(args.model, dtype=args.dtype)
+        return vae, var
     from var_jax.checkpoint import load_pretrained
     vae, var, _ = load_pretrained(args.ckpt, dtype=args.dtype)
     if vae is None or var is None:
@@ -357,7 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_convert)
 
     def sampling_options(p):
-        p.add_argument("--ckpt", required=True, help="var-jax model directory (from `var-jax convert` or training)")
+        p.add_argument("--ckpt", help="var-jax model directory (from `var-jax convert` or training)")
+        p.add_argument("--model", help="a released model, downloaded from the Hugging Face Hub and converted once: "
+                                       "var_d16, var_d20, var_d24, var_d30 (256 px) or var_d36 (512 px)")
         p.add_argument("--cfg", type=float, help="classifier-free guidance at the last scale (default 1.5)")
         p.add_argument("--top-k", type=int, help="0 = off (default 900)")
         p.add_argument("--top-p", type=float, help="0 = off (default 0.96)")
