@@ -68,6 +68,7 @@ def assert_is_official(models, vae_sd, var_sd):
             np.testing.assert_array_equal(ours[k], ref[k], err_msg=k)
 
 
+@pytest.mark.slow
 def test_from_pretrained_converts_once_then_loads(released_files, tmp_path, monkeypatch, official_vae_sd,
                                                   official_var_sd, capsys):
     import var_jax
@@ -81,11 +82,22 @@ def test_from_pretrained_converts_once_then_loads(released_files, tmp_path, monk
 
     def no_conversion(*a, **k):
         raise AssertionError("converted again")
+    real_conversion = convert.models_from_official
     monkeypatch.setattr(convert, "models_from_official", no_conversion)
     again = var_jax.from_pretrained("var_d16", dtype="bfloat16")  # loads the converted directory
     assert again.var.cfg.dtype == "bfloat16"
     assert_is_official(again, official_vae_sd, official_var_sd)
     assert "converting" not in capsys.readouterr().err
+
+    # a new revision of the file is converted again, into its own directory
+    monkeypatch.setattr(convert, "models_from_official", real_conversion)
+    changed = dict(official_var_sd, **{"head.bias": official_var_sd["head.bias"] + 1})
+    add_to_hub_cache(released_files, hub.REPO_ID, {
+        hub.TOKENIZER_FILE: pth_bytes(tmp_path, OrderedDict(official_vae_sd)),
+        "var_d16.pth": pth_bytes(tmp_path, OrderedDict(changed))}, commit="b" * 40)
+    models = hub.from_pretrained("var_d16")
+    np.testing.assert_array_equal(np.asarray(models.var.head.bias[...]), changed["head.bias"])
+    assert len(list((tmp_path / "converted" / "FoundationVision--var").iterdir())) == 2
 
 
 def test_another_repository_and_a_trainer_checkpoint(offline_hub, tmp_path, official_vae_sd, official_var_sd):
@@ -96,17 +108,6 @@ def test_another_repository_and_a_trainer_checkpoint(offline_hub, tmp_path, offi
                                  cache_dir=tmp_path / "mine")
     assert_is_official(models, official_vae_sd, official_var_sd)
     assert len(list((tmp_path / "mine" / "someone--var-finetune").iterdir())) == 1
-
-
-def test_a_new_revision_is_converted_again(released_files, tmp_path, official_vae_sd, official_var_sd):
-    hub.from_pretrained("var_d16")
-    changed = dict(official_var_sd, **{"head.bias": official_var_sd["head.bias"] + 1})
-    add_to_hub_cache(released_files, hub.REPO_ID, {
-        hub.TOKENIZER_FILE: pth_bytes(tmp_path, OrderedDict(official_vae_sd)),
-        "var_d16.pth": pth_bytes(tmp_path, OrderedDict(changed))}, commit="b" * 40)
-    models = hub.from_pretrained("var_d16")
-    np.testing.assert_array_equal(np.asarray(models.var.head.bias[...]), changed["head.bias"])
-    assert len(list((tmp_path / "converted" / "FoundationVision--var").iterdir())) == 2
 
 
 def test_offline_without_the_files(offline_hub):
@@ -129,6 +130,7 @@ def test_cache_root_follows_the_environment(monkeypatch, tmp_path):
     assert hub.cache_root() == tmp_path / "xdg" / "var-jax"
 
 
+@pytest.mark.slow
 def test_cli_sample_with_model(released_files, tmp_path, capsys):
     out = tmp_path / "grid.png"
     code = cli.main(["sample", "--model", "var_d16", "--classes", "0,1", "--per-class", "1", "--out", str(out)])

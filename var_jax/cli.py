@@ -71,16 +71,38 @@ def _settings(args):
                                "top_p": OFFICIAL_SETTINGS.top_p, **given}, more_smooth=args.more_smooth)
 
 
+def _positive(**values) -> None:
+    for flag, value in values.items():
+        if value is not None and value < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
+
+
+def _parse_classes(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        classes = [int(c) for c in text.split(",") if c.strip()]
+    except ValueError:
+        classes = None
+    if not classes:
+        raise ValueError(f"--classes takes comma-separated class ids, e.g. 207,360,387 (-1 = unconditional); "
+                         f"got {text!r}")
+    return classes
+
+
 def _sample(args: argparse.Namespace, overrides: list[str]) -> None:
     import numpy as np
+    from tqdm import tqdm
 
-    from var_jax.image_io import labelled_grid, save_png
+    from var_jax.image_io import check_output_dir, check_output_file, labelled_grid, save_png, upscale
     from var_jax.sample import Sampler
 
     settings = _settings(args)  # checked before the models are loaded
+    _positive(per_class=args.per_class, batch=args.batch, num=args.num)
     if args.num:
         if not args.npz:
             raise ValueError("--num writes an evaluation file: give --npz OUT.npz")
+        check_output_file(args.npz, "--npz")
         from var_jax import parallel
         mesh_sizes = parallel.parse_mesh(args.mesh)  # checked before anything starts
         parallel.initialize_distributed()  # a no-op on one host; all processes share the work
@@ -92,30 +114,38 @@ def _sample(args: argparse.Namespace, overrides: list[str]) -> None:
         return
     if not args.out:
         raise ValueError("give --out GRID.png (or --num N --npz OUT.npz for an evaluation set)")
-    try:
-        classes = [int(c) for c in args.classes.split(",") if c.strip()] if args.classes else None
-    except ValueError:
-        raise ValueError(f"--classes takes comma-separated class ids, e.g. 207,360,387; got {args.classes!r}")
+    classes = _parse_classes(args.classes)
+    check_output_file(args.out, "--out")  # outputs are checked before the work
+    if args.png_dir:
+        check_output_dir(args.png_dir, "--png-dir")
+    if args.tokens:
+        check_output_file(args.tokens, "--tokens")
     vae, var = _load_models(args)
+    n = var.cfg.num_classes
+    if classes is None:  # distinct classes
+        classes = sorted(np.random.default_rng(args.seed).choice(n, size=min(8, n), replace=False).tolist())
+    bad = [c for c in classes if not -1 <= c < n]
+    if bad:
+        raise ValueError(f"--classes: class {bad[0]} is out of range for this model: use 0..{n - 1}, or -1 for "
+                         f"unconditional")
     sampler = Sampler(vae, var, settings)
-    classes = classes if classes is not None else list(np.random.default_rng(args.seed).integers(
-        0, var.cfg.num_classes, size=8))
     labels = np.repeat(np.asarray(classes), args.per_class)
-    sampler.labels(labels, None, None)  # validates class ids before any compute
-    batch = args.batch or len(labels)
+    batch = min(args.batch or len(labels), len(labels))
+    print(f"compiling the sampler for batches of {batch} (once per batch size; the first batch waits for it)",
+          file=sys.stderr)
     images, tokens = [], []
-    for i in range(0, len(labels), batch):
+    for i in tqdm(range(0, len(labels), batch), desc="sampling", unit="batch"):
         r = sampler(labels[i:i + batch], seed=args.seed + i)
         images.append(np.asarray(r.images))
         tokens.append([np.asarray(t) for t in r.tokens])
     images = np.concatenate(images)
-    rows = [images[i * args.per_class:(i + 1) * args.per_class] for i in range(len(classes))]
-    names = ["uncond" if c in (-1, var.cfg.num_classes) else str(c) for c in classes]
+    rows = [upscale(images[i * args.per_class:(i + 1) * args.per_class]) for i in range(len(classes))]
+    names = ["uncond" if c == -1 else str(c) for c in classes]
     save_png(labelled_grid(rows, names), args.out)
     print(f"wrote {args.out} ({len(labels)} images)")
     if args.png_dir:
-        for n, (img, c) in enumerate(zip(images, labels)):
-            save_png(img, pathlib.Path(args.png_dir) / f"{n:06d}_class{c}.png")
+        for k, (img, c) in enumerate(zip(images, labels)):
+            save_png(img, pathlib.Path(args.png_dir) / f"{k:06d}_class{c}.png")
         print(f"wrote {len(images)} PNGs to {args.png_dir}")
     if args.tokens:
         per_scale = {f"tokens_{k}": np.concatenate([t[k] for t in tokens]) for k in range(len(tokens[0]))}
@@ -128,7 +158,7 @@ def _edit(args: argparse.Namespace, overrides: list[str]) -> None:
     import numpy as np
 
     from var_jax.data.transforms import load_rgb, resize_center_crop, to_model_range
-    from var_jax.image_io import save_png
+    from var_jax.image_io import check_output_file, save_png
     from var_jax.sample import box_keep_mask, edit
 
     settings = _settings(args)
@@ -141,7 +171,12 @@ def _edit(args: argparse.Namespace, overrides: list[str]) -> None:
         raise ValueError(f"--box takes x0,y0,x1,y1 in pixels, e.g. 64,64,192,192; got {args.box!r}")
     if not pathlib.Path(args.image).is_file():
         raise FileNotFoundError(f"no such image: {args.image}")
+    check_output_file(args.out, "--out")
+    if args.tokens:
+        check_output_file(args.tokens, "--tokens")
     vae, var = _load_models(args)
+    if args.cls is not None and not 0 <= args.cls < var.cfg.num_classes:
+        raise ValueError(f"--class {args.cls} is out of range for this model: use 0..{var.cfg.num_classes - 1}")
     size = vae.cfg.image_size()
     img = load_rgb(args.image)
     if img.size != (size, size):
@@ -153,6 +188,10 @@ def _edit(args: argparse.Namespace, overrides: list[str]) -> None:
     side = var.cfg.patch_nums[-1]
     keep = box_keep_mask(box, size, side, args.mode)
     label = None if args.cls is None else [args.cls]
+    kept = {"outpaint": "inside", "inpaint": "outside", "edit": "outside"}[args.mode]
+    print(f"note: the tokens {kept} the box are the image's own, but the whole image is decoded from tokens, so the "
+          f"kept part is the tokenizer's reconstruction (close to the input, not equal to it)", file=sys.stderr)
+    print("compiling the encoder and the sampler (once per run)...", file=sys.stderr)
     result = edit(vae, var, jnp.asarray(pixels), keep, label, seed=args.seed, settings=settings)
     save_png(np.asarray(result.images[0]), args.out)
     print(f"wrote {args.out}")
