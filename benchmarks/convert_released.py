@@ -1,6 +1,6 @@
 """Converting a released-size checkpoint without torch: exactness of the result.
 
-  python benchmarks/convert_released.py write DIR [--depth 16]   # needs torch: DIR/vae.pth, DIR/var.pth, DIR/reference.npz
+  python benchmarks/convert_released.py write DIR [--depth 16]   # needs torch; writes vae.pth, var.pth, reference.npz
   /usr/bin/time -v var-jax convert --vae DIR/vae.pth --var DIR/var.pth --out DIR/converted   # no torch needed
   python benchmarks/convert_released.py check DIR                 # one JSON line: the largest logit error
 

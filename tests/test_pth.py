@@ -83,8 +83,9 @@ def test_trainer_checkpoint_layout(tmp_path, official_var_sd, official_vae_sd):
     ckpt = {"epoch": 3, "iter": 120, "args": OrderedDict(depth=16, tblr=1e-4, pn="1_2_3", fp16=0, note=None),
             "trainer": {"config": {"patch_nums": (1, 2, 3), "prog_it": 0}, "var_wo_ddp": OrderedDict(official_var_sd),
                         "vae_local": OrderedDict(official_vae_sd),
-                        "var_opt": {"optimizer": {"state": {0: {"step": np.array(3.0, np.float32)}},
-                                                  "param_groups": [{"lr": 1e-4, "betas": (0.9, 0.95), "params": [0]}]}}}}
+                        "var_opt": {"optimizer": {
+                            "state": {0: {"step": np.array(3.0, np.float32)}},
+                            "param_groups": [{"lr": 1e-4, "betas": (0.9, 0.95), "params": [0]}]}}}}
     pth.save(ckpt, tmp_path / "ar-ckpt-last.pth")
     for part, ref in (("var_wo_ddp", official_var_sd), ("vae_local", official_vae_sd)):
         sd = convert.read_pth(str(tmp_path / "ar-ckpt-last.pth"), part)

@@ -345,3 +345,9 @@ def test_edit_refuses_pixels_outside_the_model_range(tiny_models):
 def test_a_box_smaller_than_a_token_is_refused():
     with pytest.raises(ValueError, match="covers no token: tokens are 32×32-pixel cells"):
         box_keep_mask((100, 100, 110, 110), 256, 8, "inpaint")
+
+
+def test_default_settings_fit_the_vocabulary():
+    from var_jax.sample import OFFICIAL_SETTINGS, default_settings
+    assert default_settings(4096) == OFFICIAL_SETTINGS  # the released models: the official settings
+    assert default_settings(512).top_k == 112 and default_settings(16, cfg=4.0) == SamplingSettings(4.0, 4, 0.96)

@@ -49,9 +49,9 @@ def save_pretrained(directory: str | os.PathLike, *, vae: VQVAE | None = None, v
     try:
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=1))
         with ocp.StandardCheckpointer() as ckpt:
-            for name, model in models.items():
+            for name, model in models.items():  # one at a time: the writer's buffers hold one model
                 ckpt.save(tmp / name, {path_str(p): v for p, v in flat_state(model).items()})
-            ckpt.wait_until_finished()
+                ckpt.wait_until_finished()
         if target.exists():
             target.rmdir()
         tmp.rename(target)

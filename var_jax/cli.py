@@ -63,12 +63,12 @@ def _load_models(args):
     return vae, var
 
 
-def _settings(args):
-    """The sampling flags; those not given are the official evaluation settings."""
-    from var_jax.sample import OFFICIAL_SETTINGS, SamplingSettings
+def _settings(args, vocab_size: int | None = None):
+    """The sampling flags; those not given are ``default_settings`` of the model's vocabulary (checked
+    first with the released vocabulary, before the models are loaded)."""
+    from var_jax.sample import RELEASED_VOCAB, default_settings
     given = {k: getattr(args, k) for k in ("cfg", "top_k", "top_p") if getattr(args, k) is not None}
-    return SamplingSettings(**{"cfg": OFFICIAL_SETTINGS.cfg, "top_k": OFFICIAL_SETTINGS.top_k,
-                               "top_p": OFFICIAL_SETTINGS.top_p, **given}, more_smooth=args.more_smooth)
+    return default_settings(vocab_size or RELEASED_VOCAB, **given, more_smooth=args.more_smooth)
 
 
 def _positive(**values) -> None:
@@ -97,7 +97,7 @@ def _sample(args: argparse.Namespace, overrides: list[str]) -> None:
     from var_jax.image_io import check_output_dir, check_output_file, labelled_grid, save_png, upscale
     from var_jax.sample import Sampler
 
-    settings = _settings(args)  # checked before the models are loaded
+    _settings(args)  # checked before the models are loaded
     _positive(per_class=args.per_class, batch=args.batch, num=args.num)
     if args.num:
         if not args.npz:
@@ -109,8 +109,9 @@ def _sample(args: argparse.Namespace, overrides: list[str]) -> None:
         vae, var = _load_models(args)
         from var_jax.sample_npz import write_evaluation_npz
         mesh = parallel.make_mesh({"mesh": mesh_sizes})
-        write_evaluation_npz(Sampler(vae, var, settings, mesh=mesh), args.npz, num=args.num,
-                             per_class=args.per_class, batch=args.batch, seed=args.seed)
+        sampler = Sampler(vae, var, _settings(args, var.cfg.vocab_size), mesh=mesh)
+        write_evaluation_npz(sampler, args.npz, num=args.num, per_class=args.per_class, batch=args.batch,
+                             seed=args.seed)
         return
     if not args.out:
         raise ValueError("give --out GRID.png (or --num N --npz OUT.npz for an evaluation set)")
@@ -128,7 +129,7 @@ def _sample(args: argparse.Namespace, overrides: list[str]) -> None:
     if bad:
         raise ValueError(f"--classes: class {bad[0]} is out of range for this model: use 0..{n - 1}, or -1 for "
                          f"unconditional")
-    sampler = Sampler(vae, var, settings)
+    sampler = Sampler(vae, var, _settings(args, var.cfg.vocab_size))
     labels = np.repeat(np.asarray(classes), args.per_class)
     batch = min(args.batch or len(labels), len(labels))
     print(f"compiling the sampler for batches of {batch} (once per batch size; the first batch waits for it)",
@@ -161,7 +162,7 @@ def _edit(args: argparse.Namespace, overrides: list[str]) -> None:
     from var_jax.image_io import check_output_file, save_png
     from var_jax.sample import box_keep_mask, edit
 
-    settings = _settings(args)
+    _settings(args)  # checked before the models are loaded
     if args.mode == "edit" and args.cls is None:
         raise ValueError("--mode edit regenerates the box with a class: give --class K")
     try:
@@ -192,7 +193,8 @@ def _edit(args: argparse.Namespace, overrides: list[str]) -> None:
     print(f"note: the tokens {kept} the box are the image's own, but the whole image is decoded from tokens, so the "
           f"kept part is the tokenizer's reconstruction (close to the input, not equal to it)", file=sys.stderr)
     print("compiling the encoder and the sampler (once per run)...", file=sys.stderr)
-    result = edit(vae, var, jnp.asarray(pixels), keep, label, seed=args.seed, settings=settings)
+    result = edit(vae, var, jnp.asarray(pixels), keep, label, seed=args.seed,
+                  settings=_settings(args, var.cfg.vocab_size))
     save_png(np.asarray(result.images[0]), args.out)
     print(f"wrote {args.out}")
     if args.tokens:
@@ -211,16 +213,17 @@ def _parity(args: argparse.Namespace, overrides: list[str]) -> int:
 def _eval(args: argparse.Namespace, overrides: list[str]) -> None:
     import json
     import os
+    import warnings
 
-    from var_jax.eval.evaluate import evaluate, local_data_mesh, sample_images
+    from var_jax.eval.evaluate import EvaluationWarning, evaluate, local_data_mesh, sample_images
     from var_jax.eval.features import InceptionFeatures
     from var_jax.eval.inception_weights import load_inception, save_weights
 
     weights = args.inception or os.environ.get("VAR_JAX_INCEPTION")
     if not weights:
-        raise ValueError("give the Inception weights with --inception FILE (or VAR_JAX_INCEPTION=FILE): pytorch-fid's "
-                         "pt_inception-2015-12-05-6726825d.pth, a TorchScript export of the same network, or an .npz "
-                         "written by --save-inception")
+        raise ValueError(f"give the Inception weights with --inception FILE (or VAR_JAX_INCEPTION=FILE): pytorch-fid's "
+                         f"pt_inception-2015-12-05-6726825d.pth ({INCEPTION_URL}; read without torch), a TorchScript "
+                         f"export of the same network, or an .npz written by --save-inception")
     if args.batch <= 0:
         raise ValueError(f"--batch must be positive, got {args.batch}")
     sample_images(args.samples)  # checked before the weights are read
@@ -232,7 +235,12 @@ def _eval(args: argparse.Namespace, overrides: list[str]) -> None:
     mesh = local_data_mesh()
     batch = args.batch if mesh is None else -(-args.batch // mesh.size) * mesh.size
     extractor = InceptionFeatures(model, batch_size=batch, mesh=mesh)
-    print(json.dumps(evaluate(args.samples, args.ref, extractor, save_ref=args.save_ref)))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", EvaluationWarning)
+        result = evaluate(args.samples, args.ref, extractor, save_ref=args.save_ref)
+    for w in caught:
+        print(f"var-jax eval: warning: {w.message}", file=sys.stderr)
+    print(json.dumps(result))
 
 
 def _scaling_fit(args: argparse.Namespace, overrides: list[str]) -> None:
@@ -269,6 +277,10 @@ def _add_run_args(p: argparse.ArgumentParser, workdir_help: str = RUN_DIR_HELP) 
     p.add_argument("--workdir", required=True, help=workdir_help)
 
 
+INCEPTION_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
+                 "pt_inception-2015-12-05-6726825d.pth")
+
+
 def _add_eval_commands(sub) -> None:
     p = sub.add_parser("eval", help="FID, IS, precision and recall of samples against a reference",
                        description="Evaluate an ADM-format sample file (arr_0: uint8 (N, H, W, 3), as `var-jax sample "
@@ -279,8 +291,10 @@ def _add_eval_commands(sub) -> None:
     p.add_argument("--samples", required=True, help="sample .npz (arr_0 uint8 NHWC)")
     p.add_argument("--ref", required=True, help="reference .npz (mu/sigma, pool_3 features or arr_0 images) or a "
                                                 "folder of images (resized and centre-cropped to the samples' size)")
-    p.add_argument("--inception", help="Inception weights: pt_inception-2015-12-05-*.pth, a TorchScript .pt (pool "
-                                       "features only, no IS) or a --save-inception .npz (default: $VAR_JAX_INCEPTION)")
+    p.add_argument("--inception", help="Inception weights: pytorch-fid's pt_inception-2015-12-05-6726825d.pth "
+                                       f"(download it once from {INCEPTION_URL}; read without torch), a TorchScript .pt (pool "
+                                       "features only, no IS; needs torch) or a --save-inception .npz (default: "
+                                       "$VAR_JAX_INCEPTION)")
     p.add_argument("--batch", type=int, default=64, help="images per compiled call (default 64)")
     p.add_argument("--save-inception", help="also write the converted weights as .npz (loads without torch)")
     p.add_argument("--save-ref", help="also write the reference's mu, sigma and pool_3 features as .npz for reuse")
@@ -404,10 +418,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--model", help="a released model, downloaded from the Hugging Face Hub and converted once: "
                                        "var_d16, var_d20, var_d24, var_d30 (256 px) or var_d36 (512 px)")
         p.add_argument("--cfg", type=float, help="classifier-free guidance at the last scale (default 1.5)")
-        p.add_argument("--top-k", type=int, help="0 = off (default 900)")
+        p.add_argument("--top-k", type=int, help="0 = off (default: 900 of the released 4,096 codes, the same share "
+                                                  "of another codebook, e.g. 112 of 512)")
         p.add_argument("--top-p", type=float, help="0 = off (default 0.96)")
         p.add_argument("--more-smooth", action="store_true", help="Gumbel-softmax smoothing (visualisation only)")
-        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--seed", type=int, default=0, help="the same seed gives the same images (default 0)")
         p.add_argument("--dtype", default=None, help="compute dtype, e.g. bfloat16 on GPU/TPU (default float32)")
 
     p = sub.add_parser("sample", help="class-conditional samples: a labelled grid, or an evaluation .npz",
@@ -416,7 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "in the ADM evaluation format (arr_0 uint8 NHWC, labels); resumable.")
     sampling_options(p)
     p.add_argument("--classes", help="comma-separated class ids; -1 = unconditional (default: 8 random classes)")
-    p.add_argument("--per-class", type=int, default=4)
+    p.add_argument("--per-class", type=int, default=4, help="images per class (default 4)")
     p.add_argument("--batch", type=int, default=None, help="images per compiled call (default: all at once; 64 with --num)")
     p.add_argument("--out", help="grid PNG")
     p.add_argument("--png-dir", help="also write one PNG per image here")
@@ -431,11 +446,11 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Regenerate part of an image: inpaint (the box, unconditional), outpaint "
                                    "(everything outside the box) or edit (the box, with --class).")
     sampling_options(p)
-    p.add_argument("--image", required=True)
+    p.add_argument("--image", required=True, help="the image to edit (resized and centre-cropped to the model's size)")
     p.add_argument("--box", required=True, help="x0,y0,x1,y1 in pixels of the model-sized image")
     p.add_argument("--mode", choices=("inpaint", "outpaint", "edit"), default="inpaint")
     p.add_argument("--class", dest="cls", type=int, help="class for --mode edit (default: unconditional)")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="the edited image (PNG)")
     p.add_argument("--tokens", help="also write the result's and the image's token maps and the keep mask (.npz)")
     p.set_defaults(run=_edit)
 

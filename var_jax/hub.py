@@ -85,7 +85,8 @@ def from_pretrained(name: str = "var_d16", *, repo_id: str | None = None, vae_fi
         vae, var = convert.models_from_official(convert.read_pth(vae_path, "vae_local"),
                                                 convert.read_pth(var_path, "var_wo_ddp"))
         try:
-            save_pretrained(target, vae=vae, var=var, extra={"source": {"repo_id": repo_id, "files": [vae_file, var_file]}})
+            source = {"repo_id": repo_id, "files": [vae_file, var_file]}
+            save_pretrained(target, vae=vae, var=var, extra={"source": source})
         except FileExistsError:  # another process converted it meanwhile
             if not (target / CONFIG_FILE).is_file():
                 raise

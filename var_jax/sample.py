@@ -45,6 +45,14 @@ class SamplingSettings:
 
 # The official evaluation settings (VAR's README: cfg 1.5, top-k 900, top-p 0.96): `var-jax sample`'s defaults.
 OFFICIAL_SETTINGS = SamplingSettings(cfg=1.5, top_k=900, top_p=0.96)
+RELEASED_VOCAB = 4096
+
+
+def default_settings(vocab_size: int, **given) -> SamplingSettings:
+    """The official settings, with top-k keeping the share of the codebook that 900 keeps of the released
+    4,096 codes (112 of 512), then the settings ``given``: the defaults of ``sample`` and ``var-jax sample``."""
+    top_k = max(1, round(OFFICIAL_SETTINGS.top_k * vocab_size / RELEASED_VOCAB))
+    return dataclasses.replace(OFFICIAL_SETTINGS, top_k=top_k, **given)
 
 
 class SampleResult(NamedTuple):
@@ -265,8 +273,9 @@ class Sampler:
 
 def sample(vae: VQVAE, var: VAR, labels=None, *, seed: int = 0, batch: int | None = None,
            **settings) -> SampleResult:
-    """One-call sampling: ``sample(vae, var, [207, 360], cfg=4, top_k=900, top_p=0.95)``."""
-    return Sampler(vae, var, SamplingSettings(**settings))(labels, seed=seed, batch=batch)
+    """One-call sampling: ``sample(vae, var, [207, 360], cfg=4, top_k=900, top_p=0.95)``; settings not
+    given are :func:`default_settings`."""
+    return Sampler(vae, var, default_settings(var.cfg.vocab_size, **settings))(labels, seed=seed, batch=batch)
 
 
 # -- zero-shot editing ----------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
+import warnings
 
 import jax
 import numpy as np
@@ -86,6 +87,24 @@ def sample_images(path: str | os.PathLike) -> NpzImages:
     return images
 
 
+class EvaluationWarning(UserWarning):
+    """Metrics computed, but from inputs that make them unreliable."""
+
+
+def statistics_warnings(num_samples: int, samples: GaussianStats, reference: GaussianStats) -> list[str]:
+    """Why FID and IS of these inputs should not be trusted (empty when nothing is wrong)."""
+    out = []
+    dim = len(samples.mu)
+    if num_samples < dim:
+        out.append(f"only {num_samples} samples: with fewer than {dim:,} (the feature dimension) their covariance is "
+                   f"singular and FID is biased; the protocol uses 50,000")
+    for what, st in (("sample", samples), ("reference", reference)):
+        if np.trace(st.sigma) <= 1e-6 * max(float(np.sum(st.mu ** 2)), 1e-12):
+            out.append(f"the {what} features are (nearly) all the same (the images are alike or blank): FID and IS "
+                       f"of such a set mean nothing")
+    return out
+
+
 def evaluate(samples: str | os.PathLike, ref: str | os.PathLike, extractor: InceptionFeatures, *,
              save_ref: str | os.PathLike | None = None) -> dict:
     """The metrics of ``samples`` (ADM-format ``.npz``) against ``ref``, as a JSON-ready dict; a metric
@@ -97,8 +116,11 @@ def evaluate(samples: str | os.PathLike, ref: str | os.PathLike, extractor: Ince
     if save_ref:
         save_reference(reference, save_ref)
     pr = (None, None) if reference.features is None else precision_recall(reference.features, feats.pool)
+    stats = gaussian_stats(feats.pool)
+    for message in statistics_warnings(len(images), stats, reference.stats):
+        warnings.warn(message, EvaluationWarning, stacklevel=2)
     return {
-        "FID": frechet_distance(gaussian_stats(feats.pool), reference.stats),
+        "FID": frechet_distance(stats, reference.stats),
         "IS": None if feats.logits is None else inception_score(softmax(feats.logits)),
         "precision": pr[0],
         "recall": pr[1],
