@@ -29,7 +29,7 @@ setup(
         "huggingface_hub>=0.30",  # downloads and caches the released .pth files (from_pretrained)
     ],
     extras_require={
-        # .pth files are read without torch; torch is needed only to write them (--to-official).
+        # .pth files are read and written without torch; torch reads TorchScript Inception exports only.
         "convert": ["torch>=2.1"],
         "dev": ["pytest>=8.0", "pytest-timeout>=2.3", "pytest-xdist>=3.5"],
     },
