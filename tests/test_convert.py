@@ -534,7 +534,9 @@ def test_cli_convert_back_to_pth(fake_pth_files, official_vae_sd, official_var_s
     capsys.readouterr()
     try:
         import torch  # the official code reads them with torch.load
-        load = lambda p: {k: v.numpy() for k, v in torch.load(p, map_location="cpu", weights_only=True).items()}  # noqa: E731
+
+        def load(path):
+            return {k: v.numpy() for k, v in torch.load(path, map_location="cpu", weights_only=True).items()}
     except ImportError:
         load = pth.load
     for name, ref in (("vae", official_vae_sd), ("var", official_var_sd)):

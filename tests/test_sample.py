@@ -351,3 +351,4 @@ def test_default_settings_fit_the_vocabulary():
     from var_jax.sample import OFFICIAL_SETTINGS, default_settings
     assert default_settings(4096) == OFFICIAL_SETTINGS  # the released models: the official settings
     assert default_settings(512).top_k == 112 and default_settings(16, cfg=4.0) == SamplingSettings(4.0, 4, 0.96)
+    assert default_settings(512, top_k=0, top_p=0.5) == SamplingSettings(1.5, 0, 0.5)  # given settings win

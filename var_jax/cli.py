@@ -48,10 +48,9 @@ def _convert(args: argparse.Namespace, overrides: list[str]) -> None:
 
 def _load_models(args):
     if bool(args.ckpt) == bool(args.model):
-        raise ValueError("give --ckpt DIR (a var-jax model directory) or --model NAME (a released model: "
-                         "var_d16, var_d20, var_d24, var_d30, var_d36), not both" if args.ckpt else
-                         "give --ckpt DIR (a var-jax model directory) or --model NAME (a released model: "
-                         "var_d16, var_d20, var_d24, var_d30, var_d36)")
+        from var_jax.hub import RELEASED
+        raise ValueError(f"give --ckpt DIR (a var-jax model directory) or --model NAME (a released model: "
+                         f"{', '.join(RELEASED)})" + (", not both" if args.ckpt else ""))
     if args.model:
         from var_jax.hub import from_pretrained
         vae, var, _ = from_pretrained(args.model, dtype=args.dtype)
@@ -293,9 +292,9 @@ def _add_eval_commands(sub) -> None:
     p.add_argument("--ref", required=True, help="reference .npz (mu/sigma, pool_3 features or arr_0 images) or a "
                                                 "folder of images (resized and centre-cropped to the samples' size)")
     p.add_argument("--inception", help="Inception weights: pytorch-fid's pt_inception-2015-12-05-6726825d.pth "
-                                       f"(download it once from {INCEPTION_URL}; read without torch), a TorchScript .pt (pool "
-                                       "features only, no IS; needs torch) or a --save-inception .npz (default: "
-                                       "$VAR_JAX_INCEPTION)")
+                                       f"(download it once from {INCEPTION_URL}; read without torch), a TorchScript "
+                                       ".pt (pool features only, no IS; needs torch) or a --save-inception .npz "
+                                       "(default: $VAR_JAX_INCEPTION)")
     p.add_argument("--batch", type=int, default=64, help="images per compiled call (default 64)")
     p.add_argument("--save-inception", help="also write the converted weights as .npz (loads without torch)")
     p.add_argument("--save-ref", help="also write the reference's mu, sigma and pool_3 features as .npz for reuse")

@@ -52,7 +52,7 @@ def default_settings(vocab_size: int, **given) -> SamplingSettings:
     """The official settings, with top-k keeping the share of the codebook that 900 keeps of the released
     4,096 codes (112 of 512), then the settings ``given``: the defaults of ``sample`` and ``var-jax sample``."""
     top_k = max(1, round(OFFICIAL_SETTINGS.top_k * vocab_size / RELEASED_VOCAB))
-    return dataclasses.replace(OFFICIAL_SETTINGS, top_k=top_k, **given)
+    return dataclasses.replace(OFFICIAL_SETTINGS, **{"top_k": top_k, **given})
 
 
 class SampleResult(NamedTuple):
