@@ -361,6 +361,23 @@ def test_infer_vae_config(official_vae_sd, official_config):
     assert cfg.ch_mult == tuple(want["ch_mult"]) and cfg.v_patch_nums == tuple(want["v_patch_nums"])
 
 
+@pytest.mark.parametrize("name", ["var_d16", "var_d30", "var_d36s_512"])
+def test_released_configurations_are_read_off_their_weights(name):
+    """What from_pretrained relies on: the released files' shapes alone give the released configurations
+    (d36: the 512 px schedule and shared AdaLN)."""
+    vae_cfg, var_cfg = model_configs(load_config(name))
+
+    def placeholders(shapes):  # arrays of the right shapes that take no memory
+        return {k: np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), s, (0,) * len(s)) for k, s in shapes.items()}
+    var_sd = {**placeholders(_released_var_shapes(var_cfg)), "lvl_1L": convert.var_buffers(var_cfg)["lvl_1L"]}
+    inferred = convert.infer_var_config(var_sd)
+    # the released configs keep the training recipe's initialisation, which weights cannot show or need
+    assert dataclasses.replace(inferred, init_adaln_gamma=var_cfg.init_adaln_gamma) == var_cfg
+    vae = abstract_model(VQVAE, vae_cfg)
+    vae_sd = placeholders(exported_shapes_without_allocation(vae, convert.vae_entries(vae)))
+    assert convert.infer_vae_config(vae_sd, var_cfg.patch_nums) == vae_cfg
+
+
 @pytest.mark.parametrize("variant", ["share0", "share0_two_phis", "share1", "share3", "no_phi", "quant_conv_ks1",
                                      "ch_mult_112", "two_blocks_no_attn"])
 def test_infer_vae_config_from_exported_dicts(variant, tiny_vae, helpers):
