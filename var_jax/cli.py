@@ -7,43 +7,13 @@ import sys
 
 
 def _convert(args: argparse.Namespace, overrides: list[str]) -> None:
-    from var_jax import convert
-    from var_jax.checkpoint import load_pretrained, save_pretrained
-
+    from var_jax.checkpoint import from_official, to_official
     if args.to_official:
         if not args.ckpt:
             raise ValueError("--to-official needs --ckpt DIR (a var-jax model directory)")
-        models = load_pretrained(args.ckpt)
-        out = pathlib.Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        for name, model, export in (("vae", models.vae, convert.vae_to_official),
-                                    ("var", models.var, convert.var_to_official)):
-            if model is not None:
-                path = out / f"{name}.pth"
-                if path.exists():
-                    raise FileExistsError(f"{path} exists; choose another --out (nothing was overwritten)")
-                convert.write_pth(export(model), str(path))
-                print(f"wrote {path}")
+        to_official(args.ckpt, args.out)
         return
-
-    if not (args.vae or args.var):
-        raise ValueError("give --vae FILE.pth, --var FILE.pth or both (or --to-official --ckpt DIR)")
-    for path in (args.vae, args.var):
-        if path and not pathlib.Path(path).is_file():
-            raise FileNotFoundError(f"no such file: {path}")
-    var_sd = convert.read_pth(args.var, "var_wo_ddp") if args.var else None
-    vae_sd = convert.read_pth(args.vae, "vae_local") if args.vae else None
-    vae_cfg = var_cfg = None
-    if args.config:
-        from var_jax.config import load_config, model_configs
-        vae_cfg, var_cfg = model_configs(load_config(args.config, overrides))
-        for flag, sd, cfg, section in (("--vae", vae_sd, vae_cfg, "vae"), ("--var", var_sd, var_cfg, "var")):
-            if sd is not None and cfg is None:
-                raise ValueError(f"{flag} was given but the config {args.config} has no '{section}' section")
-    vae, var = convert.models_from_official(vae_sd, var_sd, vae_cfg=vae_cfg, var_cfg=var_cfg, img_size=args.img_size)
-    del vae_sd, var_sd  # unmaps the file pages the models do not share (lower peak memory while saving)
-    out = save_pretrained(args.out, vae=vae, var=var)
-    print(f"wrote {out} (load it with var_jax.load_pretrained({str(out)!r}))")
+    from_official(args.out, vae=args.vae, var=args.var, config=args.config, overrides=overrides, img_size=args.img_size)
 
 
 def _load_models(args):
@@ -77,25 +47,10 @@ def _positive(**values) -> None:
             raise ValueError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
 
 
-def _parse_classes(text: str | None) -> list[int] | None:
-    if text is None:
-        return None
-    try:
-        classes = [int(c) for c in text.split(",") if c.strip()]
-    except ValueError:
-        classes = None
-    if not classes:
-        raise ValueError(f"--classes takes comma-separated class ids, e.g. 207,360,387 (-1 = unconditional); "
-                         f"got {text!r}")
-    return classes
-
-
 def _sample(args: argparse.Namespace, overrides: list[str]) -> None:
-    import numpy as np
-    from tqdm import tqdm
-
-    from var_jax.image_io import check_output_dir, check_output_file, labelled_grid, save_png, upscale
     from var_jax.sample import Sampler
+
+    from var_jax.image_io import check_output_dir, check_output_file
 
     _settings(args)  # checked before the models are loaded
     _positive(per_class=args.per_class, batch=args.batch, num=args.num)
@@ -103,11 +58,11 @@ def _sample(args: argparse.Namespace, overrides: list[str]) -> None:
         if not args.npz:
             raise ValueError("--num writes an evaluation file: give --npz OUT.npz")
         check_output_file(args.npz, "--npz")
-        from var_jax import parallel
-        mesh_sizes = parallel.parse_mesh(args.mesh)  # checked before anything starts
-        parallel.initialize_distributed()  # a no-op on one host; all processes share the work
-        vae, var = _load_models(args)
+        from var_jax import cluster, parallel
         from var_jax.sample_npz import write_evaluation_npz
+        mesh_sizes = parallel.parse_mesh(args.mesh)  # checked before anything starts
+        cluster.initialize_distributed()  # a no-op on one host; all processes share the work
+        vae, var = _load_models(args)
         mesh = parallel.make_mesh({"mesh": mesh_sizes})
         sampler = Sampler(vae, var, _settings(args, var.cfg.vocab_size), mesh=mesh)
         write_evaluation_npz(sampler, args.npz, num=args.num, per_class=args.per_class, batch=args.batch,
@@ -115,93 +70,34 @@ def _sample(args: argparse.Namespace, overrides: list[str]) -> None:
         return
     if not args.out:
         raise ValueError("give --out GRID.png (or --num N --npz OUT.npz for an evaluation set)")
-    classes = _parse_classes(args.classes)
+    from var_jax.sample_files import parse_classes, write_grid
+    classes = parse_classes(args.classes)
     check_output_file(args.out, "--out")  # outputs are checked before the work
     if args.png_dir:
         check_output_dir(args.png_dir, "--png-dir")
     if args.tokens:
         check_output_file(args.tokens, "--tokens")
     vae, var = _load_models(args)
-    n = var.cfg.num_classes
-    if classes is None:  # distinct classes
-        classes = sorted(np.random.default_rng(args.seed).choice(n, size=min(8, n), replace=False).tolist())
-    bad = [c for c in classes if not -1 <= c < n]
-    if bad:
-        raise ValueError(f"--classes: class {bad[0]} is out of range for this model: use 0..{n - 1}, or -1 for "
-                         f"unconditional")
-    sampler = Sampler(vae, var, _settings(args, var.cfg.vocab_size))
-    labels = np.repeat(np.asarray(classes), args.per_class)
-    batch = min(args.batch or len(labels), len(labels))
-    print(f"compiling the sampler for batches of {batch} (once per batch size; the first batch waits for it)",
-          file=sys.stderr)
-    images, tokens = [], []
-    for i in tqdm(range(0, len(labels), batch), desc="sampling", unit="batch"):
-        r = sampler(labels[i:i + batch], seed=args.seed + i)
-        images.append(np.asarray(r.images))
-        tokens.append([np.asarray(t) for t in r.tokens])
-    images = np.concatenate(images)
-    rows = [upscale(images[i * args.per_class:(i + 1) * args.per_class]) for i in range(len(classes))]
-    names = ["uncond" if c == -1 else str(c) for c in classes]
-    save_png(labelled_grid(rows, names), args.out)
-    print(f"wrote {args.out} ({len(labels)} images)")
-    if args.png_dir:
-        for k, (img, c) in enumerate(zip(images, labels)):
-            save_png(img, pathlib.Path(args.png_dir) / f"{k:06d}_class{c}.png")
-        print(f"wrote {len(images)} PNGs to {args.png_dir}")
-    if args.tokens:
-        per_scale = {f"tokens_{k}": np.concatenate([t[k] for t in tokens]) for k in range(len(tokens[0]))}
-        np.savez(args.tokens, labels=labels, **per_scale)
-        print(f"wrote {args.tokens}")
+    write_grid(Sampler(vae, var, _settings(args, var.cfg.vocab_size)), classes, args.out, per_class=args.per_class,
+               batch=args.batch, seed=args.seed, png_dir=args.png_dir, tokens=args.tokens)
 
 
 def _edit(args: argparse.Namespace, overrides: list[str]) -> None:
-    import jax.numpy as jnp
-    import numpy as np
-
-    from var_jax.data.transforms import load_rgb, resize_center_crop, to_model_range
-    from var_jax.image_io import check_output_file, save_png
-    from var_jax.sample import box_keep_mask, edit
+    from var_jax.image_io import check_output_file
+    from var_jax.sample_files import edit_file, parse_box
 
     _settings(args)  # checked before the models are loaded
     if args.mode == "edit" and args.cls is None:
         raise ValueError("--mode edit regenerates the box with a class: give --class K")
-    try:
-        box = [float(v) for v in args.box.split(",")]
-        assert len(box) == 4
-    except (ValueError, AssertionError):
-        raise ValueError(f"--box takes x0,y0,x1,y1 in pixels, e.g. 64,64,192,192; got {args.box!r}")
+    box = parse_box(args.box)
     if not pathlib.Path(args.image).is_file():
         raise FileNotFoundError(f"no such image: {args.image}")
     check_output_file(args.out, "--out")
     if args.tokens:
         check_output_file(args.tokens, "--tokens")
     vae, var = _load_models(args)
-    if args.cls is not None and not 0 <= args.cls < var.cfg.num_classes:
-        raise ValueError(f"--class {args.cls} is out of range for this model: use 0..{var.cfg.num_classes - 1}")
-    size = vae.cfg.image_size()
-    img = load_rgb(args.image)
-    if img.size != (size, size):
-        print(f"note: {args.image} is {img.size[0]}×{img.size[1]}; resized (shorter side to "
-              f"{round(1.125 * size)}, Lanczos) and centre-cropped to {size}×{size} as the paper's preprocessing; "
-              f"--box is in the coordinates of that {size}×{size} image")
-        img = resize_center_crop(img, size)
-    pixels = to_model_range(np.asarray(img))[None]
-    side = var.cfg.patch_nums[-1]
-    keep = box_keep_mask(box, size, side, args.mode)
-    label = None if args.cls is None else [args.cls]
-    kept = {"outpaint": "inside", "inpaint": "outside", "edit": "outside"}[args.mode]
-    print(f"note: the tokens {kept} the box are the image's own, but the whole image is decoded from tokens, so the "
-          f"kept part is the tokenizer's reconstruction (close to the input, not equal to it)", file=sys.stderr)
-    print("compiling the encoder and the sampler (once per run)...", file=sys.stderr)
-    result = edit(vae, var, jnp.asarray(pixels), keep, label, seed=args.seed,
-                  settings=_settings(args, var.cfg.vocab_size))
-    save_png(np.asarray(result.images[0]), args.out)
-    print(f"wrote {args.out}")
-    if args.tokens:
-        source = vae.img_to_idx(jnp.asarray(pixels))
-        np.savez(args.tokens, keep=keep, **{f"tokens_{k}": np.asarray(t) for k, t in enumerate(result.tokens)},
-                 **{f"source_{k}": np.asarray(t) for k, t in enumerate(source)})
-        print(f"wrote {args.tokens}")
+    edit_file(vae, var, args.image, box, args.out, mode=args.mode, cls=args.cls, seed=args.seed,
+              settings=_settings(args, var.cfg.vocab_size), tokens=args.tokens)
 
 
 def _parity(args: argparse.Namespace, overrides: list[str]) -> int:
@@ -215,29 +111,11 @@ def _eval(args: argparse.Namespace, overrides: list[str]) -> None:
     import os
     import warnings
 
-    from var_jax.eval.evaluate import EvaluationWarning, evaluate, local_data_mesh, sample_images
-    from var_jax.eval.features import InceptionFeatures
-    from var_jax.eval.inception_weights import load_inception, save_weights
-
-    weights = args.inception or os.environ.get("VAR_JAX_INCEPTION")
-    if not weights:
-        raise ValueError(f"give the Inception weights with --inception FILE (or VAR_JAX_INCEPTION=FILE): pytorch-fid's "
-                         f"pt_inception-2015-12-05-6726825d.pth ({INCEPTION_URL}; read without torch), a TorchScript "
-                         f"export of the same network, or an .npz written by --save-inception")
-    if args.batch <= 0:
-        raise ValueError(f"--batch must be positive, got {args.batch}")
-    sample_images(args.samples)  # checked before the weights are read
-    if not pathlib.Path(args.ref).exists():
-        raise FileNotFoundError(f"no such reference: {args.ref} (an ADM reference .npz or a folder of images)")
-    model = load_inception(weights)
-    if args.save_inception:
-        save_weights(model, args.save_inception)
-    mesh = local_data_mesh()
-    batch = args.batch if mesh is None else -(-args.batch // mesh.size) * mesh.size
-    extractor = InceptionFeatures(model, batch_size=batch, mesh=mesh)
+    from var_jax.eval.evaluate import EvaluationWarning, evaluate_files
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", EvaluationWarning)
-        result = evaluate(args.samples, args.ref, extractor, save_ref=args.save_ref)
+        result = evaluate_files(args.samples, args.ref, args.inception or os.environ.get("VAR_JAX_INCEPTION"),
+                                batch=args.batch, save_inception=args.save_inception, save_ref=args.save_ref)
     for w in caught:
         print(f"var-jax eval: warning: {w.message}", file=sys.stderr)
     print(json.dumps(result))
@@ -254,8 +132,8 @@ def _scaling_sweep(args: argparse.Namespace, overrides: list[str]) -> int:
     import json
 
     from var_jax.config import load_config
-    from var_jax.eval.scaling_sweep import SweepStopped, check_sweep, run_sweep
-    from var_jax.train.var_trainer import NonFiniteLoss
+    from var_jax.scaling_sweep import SweepStopped, check_sweep, run_sweep
+    from var_jax.train.loop import NonFiniteLoss
 
     config = load_config(args.config, overrides)
     check_sweep(config)  # a bad sweep fails before anything trains
@@ -277,11 +155,8 @@ def _add_run_args(p: argparse.ArgumentParser, workdir_help: str = RUN_DIR_HELP) 
     p.add_argument("--workdir", required=True, help=workdir_help)
 
 
-INCEPTION_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
-                 "pt_inception-2015-12-05-6726825d.pth")
-
-
 def _add_eval_commands(sub) -> None:
+    from var_jax.eval.inception_weights import PYTORCH_FID_URL
     p = sub.add_parser("eval", help="FID, IS, precision and recall of samples against a reference",
                        description="Evaluate an ADM-format sample file (arr_0: uint8 (N, H, W, 3), as `var-jax sample "
                                    "--num N --npz` writes) against an ADM reference batch "
@@ -292,7 +167,7 @@ def _add_eval_commands(sub) -> None:
     p.add_argument("--ref", required=True, help="reference .npz (mu/sigma, pool_3 features or arr_0 images) or a "
                                                 "folder of images (resized and centre-cropped to the samples' size)")
     p.add_argument("--inception", help="Inception weights: pytorch-fid's pt_inception-2015-12-05-6726825d.pth "
-                                       f"(download it once from {INCEPTION_URL}; read without torch), a TorchScript "
+                                       f"(download it once from {PYTORCH_FID_URL}; read without torch), a TorchScript "
                                        ".pt (pool features only, no IS; needs torch) or a --save-inception .npz "
                                        "(default: $VAR_JAX_INCEPTION)")
     p.add_argument("--batch", type=int, default=64, help="images per compiled call (default 64)")
@@ -335,11 +210,12 @@ def _add_plan_command(sub) -> None:
 # -- VAR training: train, tokenize ---------------------------------------------------------------------
 def _train(args: argparse.Namespace, overrides: list[str]) -> int:
     from var_jax.config import load_config
-    from var_jax.parallel import initialize_distributed
+    from var_jax.cluster import initialize_distributed
 
     config = load_config(args.config, overrides)  # a bad config fails before anything starts
     initialize_distributed()
-    from var_jax.train.var_trainer import NonFiniteLoss, train_var
+    from var_jax.train.loop import NonFiniteLoss
+    from var_jax.train.var_trainer import train_var
     try:
         result = train_var(config, args.workdir)
     except NonFiniteLoss as e:
@@ -351,23 +227,9 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def _tokenize(args: argparse.Namespace, overrides: list[str]) -> None:
-    from var_jax.checkpoint import load_pretrained
     from var_jax.config import load_config
-    from var_jax.data import pipeline
-    from var_jax.data.tokenized import write_tokens
-    from var_jax.train.var_trainer import check_config, check_tokenizer
-
-    config = load_config(args.config, overrides)
-    vae_cfg, _ = check_config(config)
-    tokenizer = check_tokenizer(config, vae_cfg)
-    if args.crops < 1 or args.batch < 1:
-        raise ValueError(f"--crops and --batch must be at least 1, got {args.crops} and {args.batch}")
-    train_src, _ = pipeline.sources(config.data)
-    vae = load_pretrained(tokenizer).vae
-    write_tokens(vae, train_src, args.out, image_size=int(config.img_size), crops=args.crops,
-                 seed=int(config.train.seed), batch_size=args.batch, hflip=bool(config.data.hflip),
-                 num_threads=int(config.data.num_threads),
-                 description={"name": config.data.name, "root": config.data.root})
+    from var_jax.two_stage import tokenize
+    tokenize(load_config(args.config, overrides), args.out, crops=args.crops, batch=args.batch)
     print(f"train on them with --config.data.tokens={args.out}")
 
 
@@ -477,9 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    overrides = [a for a in argv if a.startswith("--config.")]
-    args = build_parser().parse_args([a for a in argv if not a.startswith("--config.")])
+    from var_jax.config import split_overrides
+    overrides, rest = split_overrides(list(sys.argv[1:] if argv is None else argv))
+    args = build_parser().parse_args(rest)
     try:
         code = args.run(args, overrides)
     except (ValueError, KeyError, FileNotFoundError, FileExistsError, ImportError) as e:

@@ -32,6 +32,8 @@ import optax
 from flax import nnx
 from PIL import Image
 
+from var_jax.data.transforms import to_model_range
+
 DEFAULT_CONFIG = "demo_digits"
 DEFAULT_OUT = pathlib.Path("outputs") / "demo"
 
@@ -46,7 +48,7 @@ class SmallCNN(nnx.Module):
         self.out = nnx.Linear(64 * 8 * 8, num_classes, rngs=rngs)
 
     def __call__(self, images_uint8: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
-        x = images_uint8.astype(jnp.float32) / 127.5 - 1.0
+        x = to_model_range(images_uint8)
         x = jax.nn.relu(self.conv2(jax.nn.relu(self.conv1(x))))
         x = x.reshape(x.shape[0], -1)
         if dropout_key is not None:  # training: dropout 0.3 on the features
@@ -152,39 +154,22 @@ def training_curves(tokenizer_log: pathlib.Path, var_log: pathlib.Path, path: pa
 
 # -- the whole demo ----------------------------------------------------------------------------------------
 def run(config, out: str | pathlib.Path) -> dict:
-    from var_jax.checkpoint import load_pretrained
-    from var_jax.config import load_config
     from var_jax.data import embedded
-    from var_jax.data.sources import ArrayImages
-    from var_jax.data.tokenized import write_tokens
     from var_jax.image_io import labelled_grid, save_png
     from var_jax.sample import SamplingSettings, Sampler, box_keep_mask, edit
-    from var_jax.train.tokenizer_trainer import train_tokenizer
     from var_jax.train.var_trainer import VARTrainer, check_config
+    from var_jax.two_stage import TOKENIZER_RUN, tokenizer_and_tokens
 
     out = pathlib.Path(out)
     demo = config.demo
     check_config(config)  # a bad demo config fails before the tokenizer trains
     timings, t_start = {}, time.perf_counter()
 
-    tic = time.perf_counter()
-    tokenizer_run = out / "tokenizer_run"
-    if not (tokenizer_run / "tokenizer").is_dir():
-        train_tokenizer(load_config(demo.tokenizer_config), tokenizer_run)
-    vae = load_pretrained(tokenizer_run / "tokenizer").vae
-    timings["tokenizer_s"] = time.perf_counter() - tic
+    vae, stages = tokenizer_and_tokens(config, out, tokenizer_config=demo.tokenizer_config, crops=int(demo.crops))
+    timings.update(stages)
+    tokenizer_run, name = out / TOKENIZER_RUN, config.data.name
 
     tic = time.perf_counter()
-    name = config.data.name
-    train_set = ArrayImages.embedded(name, "train")
-    write_tokens(vae, train_set, out / "tokens", image_size=int(config.img_size), crops=int(demo.crops),
-                 seed=int(config.train.seed), batch_size=128, num_threads=int(config.data.num_threads),
-                 description={"name": name, "split": "train"})
-    timings["tokenize_s"] = time.perf_counter() - tic
-
-    tic = time.perf_counter()
-    config.tokenizer = str((tokenizer_run / "tokenizer").absolute())
-    config.data.tokens = str((out / "tokens").absolute())
     trainer = VARTrainer(config, out / "var_run", tokenizer=vae)
     trainer.train()
     var = trainer.var_model()
@@ -211,7 +196,7 @@ def run(config, out: str | pathlib.Path) -> dict:
     real = _centre32(_pad_to_36(heldout.images[picks]))
     size = int(config.img_size)
     keep = box_keep_mask((0, size / 2, size, size), size, var.cfg.patch_nums[-1], "inpaint")  # redo the lower half
-    painted = np.asarray(edit(vae, var, jnp.asarray(real, jnp.float32) / 127.5 - 1, keep,
+    painted = np.asarray(edit(vae, var, to_model_range(jnp.asarray(real)), keep,
                               heldout.labels[picks].tolist(), seed=int(config.train.seed), settings=settings).images)
     masked = real.copy()
     masked[:, size // 2:] = 128
@@ -253,14 +238,13 @@ def run(config, out: str | pathlib.Path) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from var_jax.config import load_config
-    argv = list(sys.argv[1:] if argv is None else argv)
+    from var_jax.config import load_config, split_overrides
+    overrides, rest = split_overrides(list(sys.argv[1:] if argv is None else argv))
     parser = argparse.ArgumentParser(prog="python -m var_jax.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=DEFAULT_CONFIG, help="demo config (default: configs/demo_digits.py)")
     parser.add_argument("--out", default=None, help="output directory (default: outputs/demo, or "
                                                     "outputs/demo_<name> for another config)")
-    overrides = [a for a in argv if a.startswith("--config.")]
-    args = parser.parse_args([a for a in argv if not a.startswith("--config.")])
+    args = parser.parse_args(rest)
     try:
         config = load_config(args.config, overrides)
     except (ValueError, KeyError, FileNotFoundError) as e:

@@ -23,11 +23,15 @@ from typing import Mapping
 import numpy as np
 from flax import nnx
 
-from var_jax.convert import CheckpointMismatch, Entry, _load, read_pth
+from var_jax.convert import CheckpointMismatch, Entry, load_state_dict, read_pth
 from var_jax.eval.inception import InceptionConfig, InceptionV3
 from var_jax.models.state import flat_state
 
 Arrays = Mapping[str, np.ndarray]
+
+# where pytorch-fid publishes its weights file (read without torch)
+PYTORCH_FID_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
+                   "pt_inception-2015-12-05-6726825d.pth")
 
 # a BasicConv variable ↔ the official key suffix
 _BASIC_CONV = {"kernel": "conv.weight", "scale": "bn.weight", "bias": "bn.bias", "mean": "bn.running_mean",
@@ -70,7 +74,7 @@ def from_pth_state_dict(sd: Arrays) -> InceptionV3:
         del sd[k]
     cfg = InceptionConfig(with_logits="fc.weight" in sd)
     model = nnx.eval_shape(lambda: InceptionV3(cfg))
-    return _load(model, pth_entries(model), sd, lambda _: [], "FID Inception")
+    return load_state_dict(model, pth_entries(model), sd, "FID Inception")
 
 
 def to_pth_state_dict(model: InceptionV3) -> dict[str, np.ndarray]:
