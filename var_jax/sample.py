@@ -45,6 +45,14 @@ class SamplingSettings:
 
 # The official evaluation settings (VAR's README: cfg 1.5, top-k 900, top-p 0.96): `var-jax sample`'s defaults.
 OFFICIAL_SETTINGS = SamplingSettings(cfg=1.5, top_k=900, top_p=0.96)
+RELEASED_VOCAB = 4096
+
+
+def default_settings(vocab_size: int, **given) -> SamplingSettings:
+    """The official settings, with top-k keeping the share of the codebook that 900 keeps of the released
+    4,096 codes (112 of 512), then the settings ``given``: the defaults of ``sample`` and ``var-jax sample``."""
+    top_k = max(1, round(OFFICIAL_SETTINGS.top_k * vocab_size / RELEASED_VOCAB))
+    return dataclasses.replace(OFFICIAL_SETTINGS, **{"top_k": top_k, **given})
 
 
 class SampleResult(NamedTuple):
@@ -236,7 +244,14 @@ class Sampler:
             if not batch:
                 raise ValueError("give labels, or batch= to draw random classes")
             return jax.random.randint(jax.random.fold_in(key, 0x7FFFFFFF), (batch,), 0, self.num_classes)
-        arr = np.asarray(labels, np.int64).reshape(-1)
+        given = np.asarray(labels).reshape(-1)
+        if given.size == 0:
+            raise ValueError("no labels given: pass at least one class id, or labels=None with batch=N for random "
+                             "classes")
+        if not (np.issubdtype(given.dtype, np.integer) or (np.issubdtype(given.dtype, np.number)
+                                                           and np.all(given == np.round(given)))):
+            raise ValueError(f"class ids must be whole numbers, got {labels!r}")
+        arr = given.astype(np.int64)
         bad = arr[(arr < -1) | (arr > self.num_classes)]
         if bad.size:
             raise ValueError(f"class id {int(bad[0])} is out of range: use 0..{self.num_classes - 1}, or -1 / "
@@ -273,8 +288,9 @@ class Sampler:
 
 def sample(vae: VQVAE, var: VAR, labels=None, *, seed: int = 0, batch: int | None = None,
            **settings) -> SampleResult:
-    """One-call sampling: ``sample(vae, var, [207, 360], cfg=4, top_k=900, top_p=0.95)``."""
-    return Sampler(vae, var, SamplingSettings(**settings))(labels, seed=seed, batch=batch)
+    """One-call sampling: ``sample(vae, var, [207, 360], cfg=4, top_k=900, top_p=0.95)``; settings not
+    given are :func:`default_settings`."""
+    return Sampler(vae, var, default_settings(var.cfg.vocab_size, **settings))(labels, seed=seed, batch=batch)
 
 
 # -- zero-shot editing ----------------------------------------------------------------------------
@@ -294,6 +310,11 @@ def box_keep_mask(box: Sequence[float], image_size: int, side: int, mode: str) -
     inside = np.zeros((side, side), np.float32)
     grid = lambda v: round(v / image_size * side)
     inside[grid(y0):grid(y1), grid(x0):grid(x1)] = 1
+    if not inside.any():
+        cell = image_size / side
+        raise ValueError(f"the box {tuple(box)} covers no token: tokens are {cell:g}×{cell:g}-pixel cells "
+                         f"({side}×{side} grid) and the box is rounded to their borders; make it cover at least one "
+                         f"whole cell")
     return inside if mode == "outpaint" else 1 - inside
 
 
@@ -318,6 +339,9 @@ def edit(vae: VQVAE, var: VAR, images: jax.Array, keep: np.ndarray, labels=None,
     ``keep`` (last token grid, (side, side) or (B, side, side); see :func:`box_keep_mask`) says so,
     the rest is sampled.  ``labels`` None = unconditional."""
     B = images.shape[0]
+    lo, hi = float(jnp.min(images)), float(jnp.max(images))
+    if lo < -1.01 or hi > 1.01:  # a little slack for resampling overshoot
+        raise ValueError(f"images must be in [-1, 1] (uint8 pixels: x / 127.5 - 1), got values in [{lo:g}, {hi:g}]")
     sampler = Sampler(vae, var, settings, uint8=uint8)
     labels = [-1] * B if labels is None else labels
     tokens = _image_tokens(sampler.graphdefs[0], sampler.states[0], images)
