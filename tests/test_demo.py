@@ -2,12 +2,13 @@
 where a seeded run writes."""
 from __future__ import annotations
 
+import json
 import pathlib
 
 import numpy as np
 from flax import nnx
 
-from var_jax.demo import Judge, SmallCNN, decode_every_scale, feature_distances, output_dir
+from var_jax.demo import Judge, SmallCNN, decode_every_scale, feature_distances, last_validation, output_dir
 from var_jax.models.state import init_model
 from var_jax.models.var import VAR
 from var_jax.models.vqvae import VQVAE
@@ -45,3 +46,14 @@ def test_a_seeded_run_writes_next_to_the_default():
     assert output_dir("demo_digits", 2) == base / "demo_seed2"
     assert output_dir("configs/demo_emoji.py", 1) == base / "demo_emoji_seed1"
     assert output_dir("demo_digits", 2, "elsewhere") == pathlib.Path("elsewhere")
+
+
+def test_the_last_validation_is_read_from_the_log(tmp_path):
+    log = tmp_path / "metrics.jsonl"
+    assert last_validation(log) == {}  # no log yet
+    rows = [{"step": 400, "val/L_mean": 3.0, "val/acc_mean": 20.0, "val/L_per_scale/1x1": 1.0},
+            {"step": 450, "train/L_mean": 2.9},
+            {"step": 800, "val/L_mean": 2.5, "val/acc_mean": 30.0, "val/L_per_scale/1x1": 0.9},
+            {"step": 850, "train/L_mean": 2.4}]
+    log.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert last_validation(log) == {"step": 800, "L_mean": 2.5, "acc_mean": 30.0}

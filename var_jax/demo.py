@@ -98,9 +98,6 @@ class Judge:
                for i in range(0, len(images_uint8), batch)]
         return np.concatenate([np.asarray(o[0]) for o in out]), np.concatenate([np.asarray(o[1]) for o in out])
 
-    def predict(self, images_uint8: np.ndarray) -> np.ndarray:
-        return self(images_uint8)[0]
-
 
 def train_judge(train_images: np.ndarray, train_labels: np.ndarray, test_images: np.ndarray,
                 test_labels: np.ndarray, *, num_classes: int, steps: int, seed: int = 0, batch: int = 64) -> Judge:
@@ -128,7 +125,7 @@ def train_judge(train_images: np.ndarray, train_labels: np.ndarray, test_images:
         params, opt = step(params, opt, jnp.asarray(x), jnp.asarray(train_labels[pick]), jax.random.fold_in(key, i))
     nnx.update(model, params)
     judge = Judge(model)
-    judge.real_accuracy = float(np.mean(judge.predict(_centre32(_pad_to_36(test_images))) == test_labels))
+    judge.real_accuracy = float(np.mean(judge(_centre32(_pad_to_36(test_images)))[0] == test_labels))
     return judge
 
 
@@ -155,10 +152,14 @@ class Stopwatch:
                 "load_average_1min": {k: round(v, 2) for k, v in self.load.items()}}
 
 
+def _log_rows(log: pathlib.Path) -> list[dict]:
+    """The rows of a training log (metrics.jsonl); none if there is no log."""
+    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.is_file() else []
+
+
 def last_validation(log: pathlib.Path) -> dict:
     """The VAR's last held-out (teacher-forced) loss and accuracy in its training log, with its step."""
-    rows = [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
-    last = next((r for r in reversed(rows) if "val/L_mean" in r), None)
+    last = next((r for r in reversed(_log_rows(log)) if "val/L_mean" in r), None)
     if last is None:
         return {}
     return {"step": last["step"], **{k.removeprefix("val/"): v for k, v in last.items()
@@ -173,8 +174,7 @@ def training_curves(tokenizer_log: pathlib.Path, var_log: pathlib.Path, path: pa
     import matplotlib.pyplot as plt
 
     def series(log: pathlib.Path, key: str):
-        rows = [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
-        pts = [(r["step"], r[key]) for r in rows if key in r]
+        pts = [(r["step"], r[key]) for r in _log_rows(log) if key in r]
         return ([p[0] for p in pts], [p[1] for p in pts]) if pts else ([], [])
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
@@ -208,8 +208,8 @@ def feature_distances(judge: Judge, sample_features: np.ndarray, heldout_images:
     """FID and precision/recall (var_jax.eval.metrics) of the samples against the held-out real
     images, in the judge's hidden-layer feature space rather than Inception's, so only comparable
     between runs of this demo.  The judge was trained on those held-out images, which pulls their
-    features together; the same figures for as many real training images (which neither the judge
-    nor the comparison saw as samples) give the floor that real digits reach in this space."""
+    features together: the same figures for as many real training images, which the judge never
+    saw, are what real digits reach in this space (the floor)."""
     from var_jax.eval.metrics import frechet_distance, gaussian_stats, precision_recall
     reference = judge(heldout_images)[1]
     pick = np.random.default_rng(seed).choice(len(train_images), len(sample_features), replace=False)
@@ -220,8 +220,8 @@ def feature_distances(judge: Judge, sample_features: np.ndarray, heldout_images:
         fid = frechet_distance(gaussian_stats(reference), gaussian_stats(features))
         return {"fid": fid, "precision": precision, "recall": recall}
 
-    return {"space": f"the judge's {SmallCNN.FEATURES} hidden features (not Inception: a relative measure, comparable "
-                     f"only between runs of this demo)",
+    return {"space": f"the judge's hidden layer ({SmallCNN.FEATURES} features), not Inception's: a relative measure, "
+                     f"comparable only between runs of this demo",
             "reference": f"the {len(reference)} held-out real images",
             "samples": against_reference(sample_features),
             f"real_training_images_{len(pick)}": against_reference(real_features)}
@@ -229,8 +229,8 @@ def feature_distances(judge: Judge, sample_features: np.ndarray, heldout_images:
 
 @functools.partial(jax.jit, static_argnames="graph")
 def _decode_every_scale(graph, state, tokens):
-    vae = nnx.merge(graph, state)
     from var_jax.sample import to_uint8
+    vae = nnx.merge(graph, state)
     return [to_uint8((vae.fhat_to_img(f) + 1) / 2) for f in vae.quantize.idx_to_fhat(tokens)]  # as sampling does
 
 
