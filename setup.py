@@ -18,7 +18,6 @@ setup(
         "orbax-checkpoint>=0.11.0",
         "grain>=0.2.10",
         "tensorflow-datasets>=4.9.7",
-        "einops>=0.8.0",
         "ml_collections>=1.0.0",
         "numpy>=1.26",
         "pillow>=10.0",

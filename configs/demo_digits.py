@@ -3,22 +3,13 @@ tokenized by the tokenizer of configs/vqvae_digits.py (32×32 images, scales 1, 
 trained on the CPU in a few minutes from pre-tokenized maps.  ``demo`` holds what
 ``python -m var_jax.demo`` does around the training: the tokenizer config, the crops written per
 image, how many samples are drawn per class and with which guidance, and the goal."""
-from var_jax.config import load_config
-from var_jax.models.var import VARConfig
-from var_jax.train.var_trainer import default_config
+from var_jax.config import small_var_on_tokenizer
 
 TOKENIZER_CONFIG = "vqvae_digits"
 
 
 def get_config():
-    tokenizer = load_config(TOKENIZER_CONFIG)
-    config = default_config()
-    config.img_size = tokenizer.img_size
-    config.vae = tokenizer.vae.to_dict()
-    config.var = VARConfig(vocab_size=tokenizer.vae.vocab_size, Cvae=tokenizer.vae.z_channels, num_classes=10,
-                           depth=4, embed_dim=128, num_heads=2, patch_nums=tuple(tokenizer.vae.v_patch_nums),
-                           attn_l2_norm=True, drop_path_rate=0.0, init_std=-1.0, init_adaln_gamma=1e-3).to_dict()
-    config.data.update(name=tokenizer.data.name, num_threads=2)
+    config = small_var_on_tokenizer(TOKENIZER_CONFIG, num_classes=10, depth=4, embed_dim=128, num_heads=2)
     # Far from converged (under 3 passes over the digits), more updates beat bigger batches for the
     # same compute, as for the tokenizer: 800 steps of 16 cost about what 400 of 32 did.
     config.train.update(steps=800, batch_size=16, compute_dtype="float32", lr=2e-3, warmup_epochs=0.2,

@@ -13,23 +13,14 @@ trained from ``sweep.tokenizer_config`` in WORKDIR/tokenizer_run; the ``vae`` se
 and the VAR's vocab_size, Cvae and patch_nums are taken from the tokenizer used.  About 13 minutes
 on 2 CPU cores: 2.5 for the tokenizer, 1 for the token maps, 7.5 for the four VARs.
 """
-from var_jax.config import load_config
-from var_jax.models.var import VARConfig
-from var_jax.train.var_trainer import default_config
+from var_jax.config import small_var_on_tokenizer
 
 TOKENIZER_CONFIG = "vqvae_digits"
 
 
 def get_config():
-    tokenizer = load_config(TOKENIZER_CONFIG)
-    config = default_config()
-    config.img_size = tokenizer.img_size
-    config.vae = tokenizer.vae.to_dict()
     # depth, embed_dim and num_heads are set per model from the sweep section
-    config.var = VARConfig(vocab_size=tokenizer.vae.vocab_size, Cvae=tokenizer.vae.z_channels, num_classes=10,
-                           depth=1, embed_dim=32, num_heads=1, patch_nums=tuple(tokenizer.vae.v_patch_nums),
-                           attn_l2_norm=True, drop_path_rate=0.0, init_std=-1.0, init_adaln_gamma=1e-3).to_dict()
-    config.data.update(name=tokenizer.data.name, num_threads=2)
+    config = small_var_on_tokenizer(TOKENIZER_CONFIG, num_classes=10, depth=1, embed_dim=32, num_heads=1)
     # train.steps stays 0: the steps per model are sweep.steps.  The warm-up is the official default,
     # 2% of each run, so that every model follows the same schedule shape.
     config.train.update(batch_size=32, compute_dtype="float32", tblr=4e-3, warmup_epochs=-1.0, end_lr_ratio=0.1,

@@ -1,7 +1,6 @@
 """VAR-d20 at 256 px (`var_d20.pth`), with the released tokenizer, and its README training recipe:
 batch 768, 250 epochs, tblr 1e-4 (peak lr 3e-4), init_adaln_gamma 1e-3, end lr 0.1× the peak."""
-from var_jax.config import released_var
-from var_jax.train.var_trainer import released_recipe
+from var_jax.config import released_recipe, released_var
 
 
 def get_config():

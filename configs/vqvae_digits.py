@@ -5,12 +5,11 @@
 `var-jax train-tokenizer --config configs/vqvae_digits.py --workdir outputs/tok_digits` writes the
 trained tokenizer to outputs/tok_digits/tokenizer/ (what the VAR demo loads).
 """
-from var_jax.models.vqvae import VQVAEConfig
-from var_jax.train.tokenizer_trainer import default_config
+from var_jax.config import VQVAEConfig, tokenizer_training
 
 
 def get_config():
-    config = default_config()
+    config = tokenizer_training()
     config.img_size = 32
     config.vae = VQVAEConfig(vocab_size=512, z_channels=16, ch=32, ch_mult=(1, 1, 2), num_res_blocks=1,
                              using_sa=False, v_patch_nums=(1, 2, 3, 4, 6, 8)).to_dict()
@@ -26,6 +25,6 @@ def get_config():
     # Step 0 seeds the codebook from the data; later re-seeds revive codes that fell out of use.
     config.codebook.update(reseed_every=25, reseed_until=200)
     # Held-out PSNR and codebook usage once, at the end.  Held-out LPIPS (64 images) would add loading
-    # and compiling VGG16 to the run: about as long as 100 training steps here.
+    # and compiling VGG16 to the run (measured on a busy machine: as long as ~150 training steps).
     config.eval.update(every=250, num_images=256, batch_size=64, lpips_images=0)
     return config

@@ -1,11 +1,10 @@
 """The released multi-scale tokenizer (`vae_ch160v4096z32.pth`) at 256 px, with a VQGAN-style
 training recipe (L1 + VQ + LPIPS + a PatchGAN switched on late) on ImageNet."""
-from var_jax.config import vqvae_f16
-from var_jax.train.tokenizer_trainer import default_config
+from var_jax.config import tokenizer_training, vqvae_f16
 
 
 def get_config():
-    config = default_config()
+    config = tokenizer_training()
     config.img_size = 256
     config.vae = vqvae_f16(256).to_dict()
     config.data.update(name="imagenet", num_threads=16)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run one command as N cooperating JAX processes on this machine (a coordinator on 127.0.0.1).
 # Each process gets JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID, which
-# var_jax.parallel.initialize_distributed() reads; with N = 1 the command simply runs.
+# var_jax.cluster.initialize_distributed() reads; with N = 1 the command simply runs.
 set -euo pipefail
 set -m  # each process in its own process group, so stopping it also stops what it started
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create a Cloud TPU VM slice (or several, for multi-slice), install this repository on every
 # worker, run one command on all workers at once, and tear the slice down.  Every worker runs the
-# same program; var_jax.parallel.initialize_distributed() finds the others through the TPU metadata.
+# same program; var_jax.cluster.initialize_distributed() finds the others through the TPU metadata.
 set -euo pipefail
 
 usage() {

@@ -73,8 +73,8 @@ def initial_params():
 def main(out_dir: str, port: str, process_id: str, num_processes: str, model_dir: str) -> None:
     env = {"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": num_processes,
            "JAX_PROCESS_ID": process_id}
-    from var_jax import parallel
-    mode = parallel.initialize_distributed(env)
+    from var_jax import cluster, parallel
+    mode = cluster.initialize_distributed(env)
 
     import jax
     import jax.numpy as jnp
@@ -115,7 +115,7 @@ def main(out_dir: str, port: str, process_id: str, num_processes: str, model_dir
                          os.path.join(out_dir, "samples.npz"), **EVAL_SET)
 
     gathered = multihost_utils.process_allgather(params, tiled=True)
-    if parallel.is_main_process():
+    if cluster.is_main_process():
         from flax import nnx, traverse_util
         flat = traverse_util.flatten_dict(nnx.to_pure_dict(gathered), sep="/")
         np.savez(os.path.join(out_dir, "params.npz"), **{k: np.asarray(v) for k, v in flat.items()})

@@ -342,8 +342,9 @@ def test_inception_features_equal_the_torchscript_reference():
     for name in ("digits", "emoji"):
         images = load_embedded(name, "heldout").images[:2]
         ours, ref = extractor(images).pool, _torch_reference_features(module, images)
-        # float32 on both sides, different convolution algorithms: observed 4e-6 of the largest feature
-        np.testing.assert_allclose(ours, ref, rtol=1e-3, atol=1e-3 * np.abs(ref).max(), err_msg=name)
+        # float32 on both sides, different convolution algorithms: observed 4e-6 of the largest feature;
+        # allowed 10× that (other CPUs block the sums differently)
+        np.testing.assert_allclose(ours, ref, rtol=0, atol=4e-5 * np.abs(ref).max(), err_msg=name)
 
 
 def test_pth_and_torchscript_weights_give_the_same_network(tmp_path):

@@ -163,7 +163,7 @@ def test_slurm_script_runs_the_command_in_every_task_with_the_venv(tmp_path):
 
 # -- one machine, several processes ----------------------------------------------------------------
 def test_local_launcher_joins_two_processes(tmp_path):
-    script = ("from var_jax.parallel import initialize_distributed; mode = initialize_distributed(); import jax; "
+    script = ("from var_jax.cluster import initialize_distributed; mode = initialize_distributed(); import jax; "
               "print('joined', mode, jax.process_index(), jax.process_count(), jax.device_count())")
     env = {"PATH": f"{pathlib.Path(sys.executable).parent}:{os.environ['PATH']}"}
     proc = _run([str(LAUNCH / "local.sh"), "-n", "2", "--cpu-devices", "2", "--log-dir", str(tmp_path), "--",

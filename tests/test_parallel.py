@@ -21,11 +21,12 @@ import pytest
 from flax import nnx, traverse_util
 from jax.sharding import PartitionSpec as P
 
-from var_jax import parallel
+from var_jax import cluster, parallel
 from var_jax.checkpoint import load_pretrained, save_pretrained
 from var_jax.models.state import abstract_model, assign_flat_state, flat_state
 from var_jax.models.var import VAR
 from var_jax.models.vqvae import VQVAE
+from var_jax.config import load_config
 
 TESTS = pathlib.Path(__file__).resolve().parent
 
@@ -76,27 +77,50 @@ def test_parse_mesh():
             parallel.parse_mesh(bad)
 
 
-def test_logical_rules_follow_the_mesh():
+def test_logical_rules_are_config_data():
     rules = parallel.logical_rules({"mesh": {"data": -1}})
-    assert rules["batch"] == ("data", "fsdp") and rules["embed"] is None
-    assert rules["heads"] == rules["mlp"] == rules["vocab"] == "model"
-    assert rules["layers"] is None and rules["seq"] is None
-    assert parallel.logical_rules({"mesh": {"fsdp": 4}})["embed"] == "fsdp"
+    assert rules["batch"] == ("data", "fsdp") and rules["embed"] == ("fsdp",)
+    assert rules["heads"] == rules["mlp"] == rules["vocab"] == ("model",)
+    assert rules["layers"] == () and rules["seq"] == ()
+    config = load_config("demo_digits", ["--config.mesh.rules.embed=()", "--config.mesh.rules.mlp=('fsdp', 'model')"])
+    assert parallel.logical_rules(config)["embed"] == () and parallel.logical_rules(config)["mlp"] == ("fsdp", "model")
+    with pytest.raises(ValueError, match=r"mesh.rules.heads = \('tensor',\): \['tensor'\] are not mesh axes"):
+        parallel.logical_rules({"mesh": {"rules": {"heads": ("tensor",)}}})
 
 
-def test_partition_spec_maps_names_and_leaves_uneven_axes_whole():
+def test_partition_spec_maps_names_and_refuses_uneven_parameter_axes():
     mesh = types.SimpleNamespace(shape={"data": 2, "fsdp": 2, "model": 4})  # only sizes are read
-    rules = parallel.logical_rules({"mesh": {"data": 2, "fsdp": 2, "model": 4}})
+    rules = parallel.logical_rules(None)
     assert parallel.partition_spec(("layers", "embed", "mlp"), (3, 32, 128), mesh, rules) == P(None, "fsdp", "model")
     assert parallel.partition_spec(("batch", "seq", "embed"), (8, 5, 32), mesh, rules) == P(("data", "fsdp"), None,
                                                                                             None)
-    # 6 heads do not split over model=4: replicated rather than padded.
+    # 6 heads do not split over model=4: an error that names the parameter, or (unnamed) left whole
+    with pytest.raises(ValueError, match=r"parameter w has shape \(2, 6, 16\): its 'heads' dimension \(6\) cannot be "
+                                         r"split over mesh axis model of size 4"):
+        parallel.partition_spec(("layers", "heads", None), (2, 6, 16), mesh, rules, what="parameter w")
     assert parallel.partition_spec(("layers", "heads", None), (2, 6, 16), mesh, rules) == P(None, None, None)
     assert parallel.partition_spec(None, (4, 4), mesh, rules) == P()
     with pytest.raises(KeyError, match="logical axis 'channels' has no rule"):
         parallel.partition_spec(("channels",), (4,), mesh, rules)
     with pytest.raises(ValueError, match="2 axis names"):
         parallel.partition_spec(("embed", "mlp"), (4,), mesh, rules)
+
+
+def test_a_parameter_the_rules_cannot_split_is_an_error_or_an_explicit_logged_opt_out(caplog):
+    from jax.sharding import AbstractMesh, AxisType
+
+    from var_jax.models.var import VARConfig
+    mesh = AbstractMesh((1, 2, 4), parallel.MESH_AXES, axis_types=(AxisType.Auto,) * 3)  # sizes only, no devices
+    cfg = VARConfig(vocab_size=16, Cvae=8, num_classes=10, depth=2, embed_dim=48, num_heads=6, patch_nums=(1, 2))
+    state = nnx.state(abstract_model(VAR, cfg))
+    with pytest.raises(ValueError, match=r"parameter blocks/attn/mat_qkv has shape \(2, 48, 3, 6, 8\): its 'heads' "
+                                         r"dimension \(6\) cannot be split over mesh axis model of size 4"):
+        parallel.shardings(state, mesh)
+    with caplog.at_level("WARNING", logger="var_jax.parallel"):
+        layout = parallel.shardings(state, mesh, replicate_indivisible=True)
+    assert "kept whole (mesh.replicate_indivisible): parameter blocks/attn/mat_qkv" in caplog.text
+    assert layout["blocks"]["attn"]["mat_qkv"].get_value().spec == P(None, "fsdp", None, None, None)  # heads whole
+    assert layout["blocks"]["ffn"]["fc1"]["kernel"].get_value().spec == P(None, "fsdp", "model")  # the rest still split
 
 
 # -- start-up detection (faked environments, nothing is joined) -------------------------------------
@@ -114,35 +138,35 @@ SLURM_2 = {"SLURM_JOB_ID": "7", "SLURM_PROCID": "1", "SLURM_NTASKS": "2", "SLURM
 
 def test_detect_cluster(tmp_path):
     empty = str(tmp_path / "no_sys")
-    assert parallel.detect_cluster({}, empty) == "off"
-    assert parallel.detect_cluster({"SLURM_JOB_ID": "7", "SLURM_PROCID": "0", "SLURM_NTASKS": "1"}, empty) == "off"
-    assert parallel.detect_cluster(SLURM_2, empty) == "slurm"
-    assert parallel.detect_cluster({"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234", **SLURM_2}, empty) == "env"
-    assert parallel.detect_cluster({}, _fake_tpu_vm(tmp_path / "tpu")) == "tpu"
-    assert parallel.detect_cluster({"VAR_JAX_DISTRIBUTED": "off", **SLURM_2}, empty) == "off"
+    assert cluster.detect_cluster({}, empty) == "off"
+    assert cluster.detect_cluster({"SLURM_JOB_ID": "7", "SLURM_PROCID": "0", "SLURM_NTASKS": "1"}, empty) == "off"
+    assert cluster.detect_cluster(SLURM_2, empty) == "slurm"
+    assert cluster.detect_cluster({"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234", **SLURM_2}, empty) == "env"
+    assert cluster.detect_cluster({}, _fake_tpu_vm(tmp_path / "tpu")) == "tpu"
+    assert cluster.detect_cluster({"VAR_JAX_DISTRIBUTED": "off", **SLURM_2}, empty) == "off"
     with pytest.raises(ValueError, match="VAR_JAX_DISTRIBUTED='mpi'; use one of"):
-        parallel.detect_cluster({"VAR_JAX_DISTRIBUTED": "mpi"}, empty)
+        cluster.detect_cluster({"VAR_JAX_DISTRIBUTED": "mpi"}, empty)
 
 
 def test_initialize_distributed_passes_what_each_cluster_needs(tmp_path):
     calls = []
     init = lambda **kw: calls.append(kw)  # noqa: E731
     empty = str(tmp_path / "no_sys")
-    assert parallel.initialize_distributed({}, initialize=init, sys_root=empty) == "off"
+    assert cluster.initialize_distributed({}, initialize=init, sys_root=empty) == "off"
     assert calls == []  # one host: nothing to join
-    assert parallel.initialize_distributed(SLURM_2, initialize=init, sys_root=empty) == "slurm"
-    assert parallel.initialize_distributed({}, initialize=init, sys_root=_fake_tpu_vm(tmp_path / "t")) == "tpu"
+    assert cluster.initialize_distributed(SLURM_2, initialize=init, sys_root=empty) == "slurm"
+    assert cluster.initialize_distributed({}, initialize=init, sys_root=_fake_tpu_vm(tmp_path / "t")) == "tpu"
     assert calls == [{}, {}]  # JAX reads SLURM and the TPU metadata itself
     env = {"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234", "JAX_NUM_PROCESSES": "4", "JAX_PROCESS_ID": "3"}
-    assert parallel.initialize_distributed(env, initialize=init, sys_root=empty) == "env"
+    assert cluster.initialize_distributed(env, initialize=init, sys_root=empty) == "env"
     assert calls[-1] == {"coordinator_address": "10.0.0.1:1234", "num_processes": 4, "process_id": 3}
     with pytest.raises(ValueError, match=r"missing \['JAX_PROCESS_ID'\]"):
-        parallel.initialize_distributed({k: v for k, v in env.items() if k != "JAX_PROCESS_ID"}, initialize=init,
+        cluster.initialize_distributed({k: v for k, v in env.items() if k != "JAX_PROCESS_ID"}, initialize=init,
                                         sys_root=empty)
     with pytest.raises(ValueError, match=r"JAX_PROCESS_ID must be in \[0, JAX_NUM_PROCESSES=4\), got 4"):
-        parallel.initialize_distributed({**env, "JAX_PROCESS_ID": "4"}, initialize=init, sys_root=empty)
+        cluster.initialize_distributed({**env, "JAX_PROCESS_ID": "4"}, initialize=init, sys_root=empty)
     with pytest.raises(ValueError, match="must be host:port"):
-        parallel.initialize_distributed({**env, "JAX_COORDINATOR_ADDRESS": "10.0.0.1"}, initialize=init,
+        cluster.initialize_distributed({**env, "JAX_COORDINATOR_ADDRESS": "10.0.0.1"}, initialize=init,
                                         sys_root=empty)
     assert len(calls) == 3  # the rejected environments called nothing
 
@@ -158,10 +182,10 @@ def test_slurm_tasks_get_their_gpus(tmp_path):
         ({**two_nodes, "SLURM_NTASKS": "2", "SLURM_LOCALID": "0", "CUDA_VISIBLE_DEVICES": all_8}, list(range(8))),
         ({**two_nodes, "SLURM_NTASKS": "4", "SLURM_LOCALID": "1", "CUDA_VISIBLE_DEVICES": all_8}, [4, 5, 6, 7]),
     ]:
-        assert parallel.initialize_distributed(env, initialize=init, sys_root=str(tmp_path)) == "slurm"
+        assert cluster.initialize_distributed(env, initialize=init, sys_root=str(tmp_path)) == "slurm"
         assert calls.pop() == {"local_device_ids": want}, env
     with pytest.raises(ValueError, match="3 SLURM tasks per node cannot share the 8 GPUs"):
-        parallel.initialize_distributed({**two_nodes, "SLURM_NTASKS": "6", "CUDA_VISIBLE_DEVICES": all_8},
+        cluster.initialize_distributed({**two_nodes, "SLURM_NTASKS": "6", "CUDA_VISIBLE_DEVICES": all_8},
                                         initialize=init, sys_root=str(tmp_path))
 
 
@@ -262,9 +286,10 @@ out["plan"] = plan.plan(config, sizes, batch=8, sample_batch=4, train=True, samp
 
 # The trainer's step really running on the mesh (what lower_train_step lowers abstractly).
 import jax.numpy as jnp
-from var_jax.train.var_trainer import TrainProgram, abstract_batch, default_config
+from var_jax.config import var_training
+from var_jax.train.var_trainer import TrainProgram, abstract_batch
 from var_jax.train.var_schedule import RunLength
-full = default_config()
+full = var_training()
 full.update(dict(config))
 program = TrainProgram(full, mesh, RunLength.of(num_images=800, batch_size=8, epochs=1.0, steps=1000))
 tok_graph, tok_state = nnx.split(vae.quantize)
@@ -286,6 +311,24 @@ print(json.dumps(out))
 """
 
 
+def assert_samples_agree(images, tokens, ref_images, ref_tokens, *, min_same: float) -> None:
+    """Samples drawn by two program layouts (another sharding, another process count) from the same
+    seeds.  Their logits differ by float rounding (~1e-6 relative: sums in another order), so a
+    sampled token differs only where its random draw falls that close to a boundary of the
+    distribution, and then so do its later scales and its image; measured on this machine: every
+    token and image equal.  Required: at least ``min_same`` of the images have all their tokens
+    equal (a broken layout agrees on ~1/vocab of them), and those images are equal within one
+    uint8 level (the decoder's own rounding)."""
+    images, ref_images = np.asarray(images, np.int32), np.asarray(ref_images, np.int32)
+    assert images.shape == ref_images.shape
+    if tokens is None:  # images only: identical tokens give images within one level
+        same = np.abs(images - ref_images).reshape(len(images), -1).max(axis=1) <= 1
+    else:
+        same = np.all([np.all(np.asarray(a) == np.asarray(b), axis=1) for a, b in zip(tokens, ref_tokens)], axis=0)
+        assert np.abs(images[same] - ref_images[same]).max(initial=0) <= 1
+    assert same.mean() >= min_same, f"{same.sum()} of {len(same)} samples agree"
+
+
 @pytest.mark.slow
 def test_sharded_sampler_on_8_devices_matches_one_device_and_the_plan(tiny_model_dir):
     import multiprocess_worker as w
@@ -301,12 +344,10 @@ def test_sharded_sampler_on_8_devices_matches_one_device_and_the_plan(tiny_model
     vae, var, _ = load_pretrained(tiny_model_dir)
     one = Sampler(vae, var, settings)(np.arange(4) % var.cfg.num_classes, seed=3)
     # The batch is split 4 ways (data × fsdp) and fc1 (2, 32, 128) over fsdp and model: the same
-    # images and tokens as on one device, bit for bit (the random draws do not depend on the layout).
+    # samples as on one device (the random draws do not depend on the layout), within float rounding.
     assert out["batch_multiple"] == 4 and out["image_shards"] == [1]
     assert out["fc1_shard"] == [2, 16, 64]
-    np.testing.assert_array_equal(np.asarray(out["images"], np.uint8), np.asarray(one.images))
-    for got, want in zip(out["tokens"], one.tokens):
-        np.testing.assert_array_equal(got, np.asarray(want))
+    assert_samples_agree(out["images"], out["tokens"], one.images, one.tokens, min_same=3 / 4)
     assert "a batch of 2 cannot be split over 4 devices" in out["odd_batch_error"]
     # The planner compiles the same program from abstract inputs: its figures are the ones of the
     # program that ran, and its parameter bytes are what device 0 really holds.
@@ -429,7 +470,7 @@ def test_evaluation_set_of_two_processes_equals_one_process(two_process_run, tin
     with np.load(two_process_run / "samples.npz") as together, np.load(alone) as reference:
         assert together["arr_0"].shape == (10, 8, 8, 3)
         np.testing.assert_array_equal(together["labels"], reference["labels"])
-        np.testing.assert_array_equal(together["arr_0"], reference["arr_0"])  # the same images, bit for bit
+        assert_samples_agree(together["arr_0"], None, reference["arr_0"], None, min_same=8 / 10)
     assert not (two_process_run / "samples.npz.parts").exists()
 
 

@@ -3,8 +3,10 @@ on the embedded digits (the discriminator switching on, the loss going down, res
 to the sampler and to the official state-dict format, bad configurations)."""
 from __future__ import annotations
 
+import os
 import pickle
 import shutil
+import signal
 
 import jax
 import jax.numpy as jnp
@@ -12,15 +14,17 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from var_jax import convert
+from var_jax import convert, objectives
 from var_jax.checkpoint import load_pretrained
-from var_jax.config import load_config
+from var_jax.config import load_config, tokenizer_training
 from var_jax.models.quant import MultiScaleQuantizer
 from var_jax.models.state import flat_state
-from var_jax.train import codebook, losses
+from var_jax.train import codebook
+from var_jax.train.checkpointing import Checkpointer
+from var_jax.train.loop import NonFiniteLoss
 from var_jax.train.lpips import default_weights_path, load_lpips, read_weights
 from var_jax.train.metrics import METRICS_FILE
-from var_jax.train.tokenizer_trainer import TokenizerTrainer, check_config, default_config
+from var_jax.train.tokenizer_trainer import TokenizerTrainer, check_config
 
 # Float32 sums of a few dozen terms computed in another order: 1e-6 is ~10 ulp of the values here.
 TOL = 1e-6
@@ -30,7 +34,7 @@ TOL = 1e-6
 def test_pixel_loss_value_and_gradient():
     target = jnp.zeros((1, 2, 2, 1))
     d = jnp.array([0.5, -1.0, 2.0, -0.25]).reshape(1, 2, 2, 1)  # no zero: |·| has no derivative there
-    value, grad = jax.value_and_grad(lambda r: losses.pixel_loss(r, target, 1.0, 0.5))(d)
+    value, grad = jax.value_and_grad(lambda r: objectives.pixel_loss(r, target, 1.0, 0.5))(d)
     # mean|d| = 3.75/4, mean d² = 5.3125/4
     np.testing.assert_allclose(value, 3.75 / 4 + 0.5 * 5.3125 / 4, rtol=TOL)
     # d/dd = (sign(d) + 2·0.5·d) / 4
@@ -39,22 +43,22 @@ def test_pixel_loss_value_and_gradient():
 
 def test_hinge_and_generator_losses():
     real, fake = jnp.array([2.0, 0.5]), jnp.array([-2.0, 0.0])
-    value, (g_real, g_fake) = jax.value_and_grad(losses.hinge_d_loss, argnums=(0, 1))(real, fake)
+    value, (g_real, g_fake) = jax.value_and_grad(objectives.hinge_d_loss, argnums=(0, 1))(real, fake)
     # ½·(mean(relu(1 − real)) + mean(relu(1 + fake))) = ½·(0.25 + 0.5)
     np.testing.assert_allclose(value, 0.375, rtol=TOL)
     np.testing.assert_allclose(g_real, [0.0, -0.25], atol=TOL)  # only margins that are violated push
     np.testing.assert_allclose(g_fake, [0.0, 0.25], atol=TOL)
-    value, grad = jax.value_and_grad(losses.generator_loss)(jnp.array([1.0, 3.0]))
+    value, grad = jax.value_and_grad(objectives.generator_loss)(jnp.array([1.0, 3.0]))
     np.testing.assert_allclose(value, -2.0, rtol=TOL)
     np.testing.assert_allclose(grad, [-0.5, -0.5], rtol=TOL)
 
 
 def test_adaptive_weight():
     a, b = jnp.array([3.0, 4.0]), jnp.array([0.0, 1.0])
-    np.testing.assert_allclose(losses.adaptive_weight(a, b), 5.0 / (1.0 + 1e-4), rtol=TOL)
-    assert float(losses.adaptive_weight(a, jnp.zeros(2))) == losses.ADAPTIVE_WEIGHT_MAX  # 5 / 1e-4, clipped
+    np.testing.assert_allclose(objectives.adaptive_weight(a, b), 5.0 / (1.0 + 1e-4), rtol=TOL)
+    assert float(objectives.adaptive_weight(a, jnp.zeros(2))) == objectives.ADAPTIVE_WEIGHT_MAX  # 5 / 1e-4, clipped
     # held constant: no gradient flows into either norm
-    grads = jax.grad(lambda x, y: losses.adaptive_weight(x, y), argnums=(0, 1))(a, b)
+    grads = jax.grad(lambda x, y: objectives.adaptive_weight(x, y), argnums=(0, 1))(a, b)
     assert all(np.all(np.asarray(g) == 0) for g in grads)
 
 
@@ -212,7 +216,7 @@ def tiny_config(**loss):
     """16 px digits, a 4×4 latent and scales 1, 2, 4, a 1-layer discriminator that switches on
     halfway, held-out LPIPS; small enough for a few seconds of CPU.  (LPIPS in the loss would multiply
     the step's cost; its gradient is tested on its own above.)"""
-    config = default_config()
+    config = tokenizer_training()
     config.img_size = 16
     config.vae = dict(vocab_size=32, z_channels=8, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, using_sa=False,
                       using_mid_sa=False, v_patch_nums=(1, 2, 4))
@@ -243,7 +247,7 @@ def run(tmp_path_factory):
     x = trainer._device_batch(next(iter(trainer._heldout_data))["image"][:4])
     before_gan = jax.tree.map(jnp.copy, trainer.state)  # a state to probe one adversarial step with
     shutil.copytree(first, copy)
-    final_eval = trainer.train()
+    final_eval = trainer.train()["eval"]
     resumed_config = tiny_config()
     resumed_config.eval.lpips_images = 0  # not a model or data setting: may differ on resuming
     resumed = TokenizerTrainer(resumed_config, copy)
@@ -283,7 +287,7 @@ def test_adversarial_step_gradient_is_the_weighted_sum(run):
         def parts(params):
             recon, vq, _ = nnx.merge(graph, params, state["vae_stats"])(x)
             disc = nnx.merge(trainer._disc_graph, state["disc"])
-            return jnp.stack([losses.pixel_loss(recon, x, s.l1, s.l2), vq, losses.generator_loss(disc(recon))])
+            return jnp.stack([objectives.pixel_loss(recon, x, s.l1, s.l2), vq, objectives.generator_loss(disc(recon))])
         jac = jax.jacrev(parts)(params)
         return [jax.tree.map(lambda g: g[k], jac) for k in range(3)]
     g_nll, g_vq, g_gen = grads(state["vae"])
@@ -321,7 +325,14 @@ def test_resume_continues_exactly(run):
 def test_evaluation_outputs(run):
     ev = run["final_eval"]
     assert set(ev) >= {"psnr", "lpips", "usage/1x1", "usage/2x2", "usage/4x4", "usage_ema/4x4"}
-    assert 5 < ev["psnr"] < 60 and 0 <= ev["lpips"] < 1.5
+    # PSNR is the mean over the held-out images of the tokens-to-image round trip, computed here
+    # directly (another program: float32 rounding, 1e-5 relative)
+    trainer = run["trainer"]
+    vae = trainer._compute_vae()
+    direct = np.concatenate([np.asarray(objectives.psnr(vae.idx_to_img(vae.img_to_idx(x)), x))
+                             for x in trainer.heldout_batches()])
+    assert ev["psnr"] == pytest.approx(float(np.mean(direct)), rel=1e-5)
+    assert 0 <= ev["lpips"] < 1.5
     png = run["trainer"].recon_png(STEPS)
     assert png == run["first"] / "eval" / "recon_0000024.png"
     from PIL import Image
@@ -345,6 +356,68 @@ def test_trained_tokenizer_loads_and_exports_to_the_official_format(run, helpers
     tokens = nnx.jit(lambda model, x: model.img_to_idx(x))
     for a, b in zip(tokens(back, run["x"]), tokens(vae, run["x"])):
         np.testing.assert_array_equal(a, b)
+
+
+# -- preemption and non-finite steps: the loop the VAR trainer runs too ------------------------------------------
+def small_run(workdir, **train):
+    """The tiny tokenizer without a discriminator (the cheapest program), 6 steps."""
+    config = tiny_config()
+    config.loss.disc_weight = 0.0
+    config.train.update(dict(steps=6, log_every=2, ckpt_every=3, max_bad_steps=3), **train)
+    config.codebook.update(reseed_every=0)
+    config.eval.update(every=100, lpips_images=0)
+    return TokenizerTrainer(config, workdir)
+
+
+def test_tokenizer_sigterm_saves_a_checkpoint_and_resumes(tmp_path):
+    trainer = small_run(tmp_path / "run", ckpt_every=100)
+    batches, fetched = trainer.batches, []
+
+    class SignalAfterThree:  # the scheduler's SIGTERM arrives while the 3rd step runs
+        def __next__(self):
+            fetched.append(1)
+            if len(fetched) == 3:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return next(batches)
+
+        def get_state(self):
+            return batches.get_state()
+
+    trainer.batches = SignalAfterThree()
+    assert trainer.train() == {"step": 3, "stopped_by": "signal", "eval": {}}
+    assert Checkpointer(tmp_path / "run" / "checkpoints").latest_step() == 3
+    assert not (tmp_path / "run" / "tokenizer").exists()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    resumed = small_run(tmp_path / "run", ckpt_every=100)
+    assert resumed.step_count() == 3
+    for a, b in zip(jax.tree.leaves(_host(trainer.state)), jax.tree.leaves(_host(resumed.state))):
+        np.testing.assert_array_equal(a, b)  # the same program on the same machine: bit for bit
+
+
+def test_tokenizer_nonfinite_steps_change_nothing_and_stop_the_run(tmp_path):
+    trainer = small_run(tmp_path / "run")
+    clean, count = trainer._device_batch, [0]
+
+    def poisoned_after_three(images):  # NaN pixels from the 4th step on: the loss is not finite
+        count[0] += 1
+        x = clean(images)
+        return x * jnp.nan if count[0] > 3 else x
+
+    trainer._device_batch = poisoned_after_three
+    with pytest.raises(NonFiniteLoss, match=r"3 steps in a row .* The last checkpoint \(step 3\)"):
+        trainer.train()
+    at_three = Checkpointer(tmp_path / "run" / "checkpoints")
+    assert at_three.latest_step() == 3
+    state = _host(trainer.state)
+    assert (int(state["step"]), int(state["skipped"]), int(state["bad_run"])) == (6, 3, 3)
+    resumed = small_run(tmp_path / "run")
+    assert resumed.step_count() == 3
+    for part in ("vae", "vae_stats", "vae_opt"):  # the skipped steps left the state of step 3
+        for a, b in zip(jax.tree.leaves(state[part]), jax.tree.leaves(_host(resumed.state)[part])):
+            np.testing.assert_array_equal(a, b)
+    x = clean(next(resumed.batches)["image"])
+    _, metrics = resumed._step(resumed.state, resumed._lpips_state, x)  # a good step after them is taken
+    assert float(metrics["nonfinite"]) == 0 and int(metrics["bad_run"]) == 0
 
 
 # -- bad configurations -------------------------------------------------------------------------------------------

@@ -30,7 +30,9 @@ from var_jax.models.vqvae import VQVAE, VQVAEConfig
 from var_jax.train import optim
 from var_jax.train.checkpointing import Checkpointer
 from var_jax.train.var_schedule import Progressive, RunLength
-from var_jax.train.var_trainer import NonFiniteLoss, VARTrainer, check_batch, default_config
+from var_jax.config import var_training
+from var_jax.train.loop import NonFiniteLoss
+from var_jax.train.var_trainer import VARTrainer, check_batch
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -104,7 +106,7 @@ def test_recipe_lengths_and_progressive_stages_follow_train_py():
 def test_progressive_truncation_equals_the_whole_sequence_prefix():
     """A progressive stage teacher-forces only the first scales; under the block-causal mask its logits
     equal the first L' of the whole sequence's, and the newest scale's weight multiplies its 1/L."""
-    from var_jax.train.var_step import loss_weights
+    from var_jax.objectives import loss_weights
     cfg = VARConfig(**tiny_var())
     model = init_model(VAR, cfg)
     rng = np.random.default_rng(0)
@@ -169,12 +171,15 @@ def assets(tmp_path_factory):
     return root
 
 
+PROGRAMS: dict = {}  # compiled programs shared by the trainers of one configuration
+
+
 def trainer_for(assets, workdir, **train) -> VARTrainer:
-    return VARTrainer(tiny_config(assets, **train), workdir, tokenizer=TOKENIZERS[assets])
+    return VARTrainer(tiny_config(assets, **train), workdir, tokenizer=TOKENIZERS[assets], programs=PROGRAMS)
 
 
 def tiny_config(assets: pathlib.Path, **train):
-    c = default_config()
+    c = var_training()
     c.img_size, c.vae, c.var, c.tokenizer = 8, TINY_VAE.to_dict(), tiny_var(), str(assets / "tokenizer")
     c.data.update(name="digits", num_threads=1, tokens=str(assets / "tokens"))
     c.train.update(dict(steps=6, batch_size=8, compute_dtype="float32", tblr=0.05, log_every=2, ckpt_every=3,
@@ -371,12 +376,13 @@ from var_jax.models.state import init_model
 from var_jax.models.vqvae import VQVAE
 from var_jax.train.checkpointing import Checkpointer
 from var_jax.train.var_schedule import RunLength
-from var_jax.train.var_trainer import TrainProgram, default_config
+from var_jax.config import var_training
+from var_jax.train.var_trainer import TrainProgram
 from flax import nnx
 sys.path.insert(0, "TESTS")
 from test_train_var import TINY_VAE, tiny_var
 
-c = default_config()
+c = var_training()
 c.img_size, c.vae = 8, TINY_VAE.to_dict()
 c.var = tiny_var(num_heads=4, embed_dim=64)  # 4 heads, mlp 256, vocab 16: all split by model=2
 c.train.update(batch_size=8, compute_dtype="float32", tblr=0.05)

@@ -3,6 +3,7 @@
 ``save_pretrained(DIR, vae=..., var=...)`` writes ``DIR`` atomically (into a temporary sibling that
 is renamed when complete), and refuses to overwrite an existing directory.
 ``load_pretrained(DIR)`` rebuilds the models from the saved configuration and restores them.
+``from_official`` and ``to_official`` go between such a directory and the official ``.pth`` files.
 """
 from __future__ import annotations
 
@@ -94,3 +95,52 @@ def load_pretrained(directory: str | os.PathLike, *, dtype: str | None = None) -
             assign_flat_state(model, {by_str[k]: np.asarray(v) for k, v in restored.items()})
             loaded[name] = model
     return Pretrained(loaded["vae"], loaded["var"], config)
+
+
+def from_official(out: str | os.PathLike, *, vae: str | None = None, var: str | None = None, config: str | None = None,
+                  overrides=(), img_size: int = 256) -> pathlib.Path:
+    """A model directory ``out`` from official ``.pth`` files (``vae``, ``var`` or both); the
+    configuration is read off the state dicts unless ``config`` (a config name or path, with
+    ``overrides``) is given; a tokenizer alone gets the patch schedule of ``img_size``."""
+    from var_jax import convert
+    from var_jax.config import PATCH_NUMS, load_config, model_configs
+    if not (vae or var):
+        raise ValueError("give --vae FILE.pth, --var FILE.pth or both (or --to-official --ckpt DIR)")
+    for path in (vae, var):
+        if path and not pathlib.Path(path).is_file():
+            raise FileNotFoundError(f"no such file: {path}")
+    var_sd = convert.read_pth(var, "var_wo_ddp") if var else None
+    vae_sd = convert.read_pth(vae, "vae_local") if vae else None
+    if config:
+        vae_cfg, var_cfg = model_configs(load_config(config, overrides))
+        for flag, sd, cfg, section in (("--vae", vae_sd, vae_cfg, "vae"), ("--var", var_sd, var_cfg, "var")):
+            if sd is not None and cfg is None:
+                raise ValueError(f"{flag} was given but the config {config} has no '{section}' section")
+    else:
+        var_cfg = convert.infer_var_config(var_sd) if var_sd is not None else None
+        patch_nums = var_cfg.patch_nums if var_cfg else PATCH_NUMS[img_size]
+        vae_cfg = convert.infer_vae_config(vae_sd, patch_nums) if vae_sd is not None else None
+    target = save_pretrained(out, vae=convert.vae_from_official(vae_sd, vae_cfg) if vae_sd is not None else None,
+                             var=convert.var_from_official(var_sd, var_cfg) if var_sd is not None else None)
+    print(f"wrote {target} (load it with var_jax.load_pretrained({str(target)!r}))")
+    return target
+
+
+def to_official(ckpt: str | os.PathLike, out: str | os.PathLike) -> list[pathlib.Path]:
+    """``vae.pth`` and/or ``var.pth`` in the folder ``out`` from the model directory ``ckpt`` (official
+    state dicts; an existing file is never overwritten)."""
+    from var_jax import convert
+    models = load_pretrained(ckpt)
+    out = pathlib.Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, model, export in (("vae", models.vae, convert.vae_to_official),
+                                ("var", models.var, convert.var_to_official)):
+        if model is not None:
+            path = out / f"{name}.pth"
+            if path.exists():
+                raise FileExistsError(f"{path} exists; choose another --out (nothing was overwritten)")
+            convert.write_pth(export(model), str(path))
+            print(f"wrote {path}")
+            written.append(path)
+    return written

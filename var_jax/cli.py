@@ -7,47 +7,13 @@ import sys
 
 
 def _convert(args: argparse.Namespace, overrides: list[str]) -> None:
-    from var_jax import convert
-    from var_jax.checkpoint import load_pretrained, save_pretrained
-
+    from var_jax.checkpoint import from_official, to_official
     if args.to_official:
         if not args.ckpt:
             raise ValueError("--to-official needs --ckpt DIR (a var-jax model directory)")
-        models = load_pretrained(args.ckpt)
-        out = pathlib.Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        for name, model, export in (("vae", models.vae, convert.vae_to_official),
-                                    ("var", models.var, convert.var_to_official)):
-            if model is not None:
-                path = out / f"{name}.pth"
-                if path.exists():
-                    raise FileExistsError(f"{path} exists; choose another --out (nothing was overwritten)")
-                convert.write_pth(export(model), str(path))
-                print(f"wrote {path}")
+        to_official(args.ckpt, args.out)
         return
-
-    if not (args.vae or args.var):
-        raise ValueError("give --vae FILE.pth, --var FILE.pth or both (or --to-official --ckpt DIR)")
-    for path in (args.vae, args.var):
-        if path and not pathlib.Path(path).is_file():
-            raise FileNotFoundError(f"no such file: {path}")
-    var_sd = convert.read_pth(args.var, "var_wo_ddp") if args.var else None
-    vae_sd = convert.read_pth(args.vae, "vae_local") if args.vae else None
-    if args.config:
-        from var_jax.config import load_config, model_configs
-        vae_cfg, var_cfg = model_configs(load_config(args.config, overrides))
-        for flag, sd, cfg, section in (("--vae", vae_sd, vae_cfg, "vae"), ("--var", var_sd, var_cfg, "var")):
-            if sd is not None and cfg is None:
-                raise ValueError(f"{flag} was given but the config {args.config} has no '{section}' section")
-    else:
-        from var_jax.config import PATCH_NUMS
-        var_cfg = convert.infer_var_config(var_sd) if var_sd is not None else None
-        patch_nums = var_cfg.patch_nums if var_cfg else PATCH_NUMS[args.img_size]
-        vae_cfg = convert.infer_vae_config(vae_sd, patch_nums) if vae_sd is not None else None
-    vae = convert.vae_from_official(vae_sd, vae_cfg) if vae_sd is not None else None
-    var = convert.var_from_official(var_sd, var_cfg) if var_sd is not None else None
-    out = save_pretrained(args.out, vae=vae, var=var)
-    print(f"wrote {out} (load it with var_jax.load_pretrained({str(out)!r}))")
+    from_official(args.out, vae=args.vae, var=args.var, config=args.config, overrides=overrides, img_size=args.img_size)
 
 
 def _load_models(args):
@@ -68,95 +34,42 @@ def _settings(args):
 
 
 def _sample(args: argparse.Namespace, overrides: list[str]) -> None:
-    import numpy as np
-
-    from var_jax.image_io import labelled_grid, save_png
     from var_jax.sample import Sampler
 
     settings = _settings(args)  # checked before the models are loaded
     if args.num:
         if not args.npz:
             raise ValueError("--num writes an evaluation file: give --npz OUT.npz")
-        from var_jax import parallel
-        mesh_sizes = parallel.parse_mesh(args.mesh)  # checked before anything starts
-        parallel.initialize_distributed()  # a no-op on one host; all processes share the work
-        vae, var = _load_models(args)
+        from var_jax import cluster, parallel
         from var_jax.sample_npz import write_evaluation_npz
+        mesh_sizes = parallel.parse_mesh(args.mesh)  # checked before anything starts
+        cluster.initialize_distributed()  # a no-op on one host; all processes share the work
+        vae, var = _load_models(args)
         mesh = parallel.make_mesh({"mesh": mesh_sizes})
         write_evaluation_npz(Sampler(vae, var, settings, mesh=mesh), args.npz, num=args.num,
                              per_class=args.per_class, batch=args.batch, seed=args.seed)
         return
     if not args.out:
         raise ValueError("give --out GRID.png (or --num N --npz OUT.npz for an evaluation set)")
-    try:
-        classes = [int(c) for c in args.classes.split(",") if c.strip()] if args.classes else None
-    except ValueError:
-        raise ValueError(f"--classes takes comma-separated class ids, e.g. 207,360,387; got {args.classes!r}")
+    from var_jax.sample_files import parse_classes, write_grid
+    classes = parse_classes(args.classes)
     vae, var = _load_models(args)
-    sampler = Sampler(vae, var, settings)
-    classes = classes if classes is not None else list(np.random.default_rng(args.seed).integers(
-        0, var.cfg.num_classes, size=8))
-    labels = np.repeat(np.asarray(classes), args.per_class)
-    sampler.labels(labels, None, None)  # validates class ids before any compute
-    batch = args.batch or len(labels)
-    images, tokens = [], []
-    for i in range(0, len(labels), batch):
-        r = sampler(labels[i:i + batch], seed=args.seed + i)
-        images.append(np.asarray(r.images))
-        tokens.append([np.asarray(t) for t in r.tokens])
-    images = np.concatenate(images)
-    rows = [images[i * args.per_class:(i + 1) * args.per_class] for i in range(len(classes))]
-    names = ["uncond" if c in (-1, var.cfg.num_classes) else str(c) for c in classes]
-    save_png(labelled_grid(rows, names), args.out)
-    print(f"wrote {args.out} ({len(labels)} images)")
-    if args.png_dir:
-        for n, (img, c) in enumerate(zip(images, labels)):
-            save_png(img, pathlib.Path(args.png_dir) / f"{n:06d}_class{c}.png")
-        print(f"wrote {len(images)} PNGs to {args.png_dir}")
-    if args.tokens:
-        per_scale = {f"tokens_{k}": np.concatenate([t[k] for t in tokens]) for k in range(len(tokens[0]))}
-        np.savez(args.tokens, labels=labels, **per_scale)
-        print(f"wrote {args.tokens}")
+    write_grid(Sampler(vae, var, settings), classes, args.out, per_class=args.per_class, batch=args.batch,
+               seed=args.seed, png_dir=args.png_dir, tokens=args.tokens)
 
 
 def _edit(args: argparse.Namespace, overrides: list[str]) -> None:
-    import jax.numpy as jnp
-    import numpy as np
-
-    from var_jax.data.transforms import load_rgb, resize_center_crop, to_model_range
-    from var_jax.image_io import save_png
-    from var_jax.sample import box_keep_mask, edit
+    from var_jax.sample_files import edit_file, parse_box
 
     settings = _settings(args)
     if args.mode == "edit" and args.cls is None:
         raise ValueError("--mode edit regenerates the box with a class: give --class K")
-    try:
-        box = [float(v) for v in args.box.split(",")]
-        assert len(box) == 4
-    except (ValueError, AssertionError):
-        raise ValueError(f"--box takes x0,y0,x1,y1 in pixels, e.g. 64,64,192,192; got {args.box!r}")
+    box = parse_box(args.box)
     if not pathlib.Path(args.image).is_file():
         raise FileNotFoundError(f"no such image: {args.image}")
     vae, var = _load_models(args)
-    size = vae.cfg.image_size()
-    img = load_rgb(args.image)
-    if img.size != (size, size):
-        print(f"note: {args.image} is {img.size[0]}×{img.size[1]}; resized (shorter side to "
-              f"{round(1.125 * size)}, Lanczos) and centre-cropped to {size}×{size} as the paper's preprocessing; "
-              f"--box is in the coordinates of that {size}×{size} image")
-        img = resize_center_crop(img, size)
-    pixels = to_model_range(np.asarray(img))[None]
-    side = var.cfg.patch_nums[-1]
-    keep = box_keep_mask(box, size, side, args.mode)
-    label = None if args.cls is None else [args.cls]
-    result = edit(vae, var, jnp.asarray(pixels), keep, label, seed=args.seed, settings=settings)
-    save_png(np.asarray(result.images[0]), args.out)
-    print(f"wrote {args.out}")
-    if args.tokens:
-        source = vae.img_to_idx(jnp.asarray(pixels))
-        np.savez(args.tokens, keep=keep, **{f"tokens_{k}": np.asarray(t) for k, t in enumerate(result.tokens)},
-                 **{f"source_{k}": np.asarray(t) for k, t in enumerate(source)})
-        print(f"wrote {args.tokens}")
+    edit_file(vae, var, args.image, box, args.out, mode=args.mode, cls=args.cls, seed=args.seed, settings=settings,
+              tokens=args.tokens)
 
 
 def _parity(args: argparse.Namespace, overrides: list[str]) -> int:
@@ -169,27 +82,9 @@ def _eval(args: argparse.Namespace, overrides: list[str]) -> None:
     import json
     import os
 
-    from var_jax.eval.evaluate import evaluate, local_data_mesh, sample_images
-    from var_jax.eval.features import InceptionFeatures
-    from var_jax.eval.inception_weights import load_inception, save_weights
-
-    weights = args.inception or os.environ.get("VAR_JAX_INCEPTION")
-    if not weights:
-        raise ValueError("give the Inception weights with --inception FILE (or VAR_JAX_INCEPTION=FILE): pytorch-fid's "
-                         "pt_inception-2015-12-05-6726825d.pth, a TorchScript export of the same network, or an .npz "
-                         "written by --save-inception")
-    if args.batch <= 0:
-        raise ValueError(f"--batch must be positive, got {args.batch}")
-    sample_images(args.samples)  # checked before the weights are read
-    if not pathlib.Path(args.ref).exists():
-        raise FileNotFoundError(f"no such reference: {args.ref} (an ADM reference .npz or a folder of images)")
-    model = load_inception(weights)
-    if args.save_inception:
-        save_weights(model, args.save_inception)
-    mesh = local_data_mesh()
-    batch = args.batch if mesh is None else -(-args.batch // mesh.size) * mesh.size
-    extractor = InceptionFeatures(model, batch_size=batch, mesh=mesh)
-    print(json.dumps(evaluate(args.samples, args.ref, extractor, save_ref=args.save_ref)))
+    from var_jax.eval.evaluate import evaluate_files
+    print(json.dumps(evaluate_files(args.samples, args.ref, args.inception or os.environ.get("VAR_JAX_INCEPTION"),
+                                    batch=args.batch, save_inception=args.save_inception, save_ref=args.save_ref)))
 
 
 def _scaling_fit(args: argparse.Namespace, overrides: list[str]) -> None:
@@ -203,8 +98,8 @@ def _scaling_sweep(args: argparse.Namespace, overrides: list[str]) -> int:
     import json
 
     from var_jax.config import load_config
-    from var_jax.eval.scaling_sweep import SweepStopped, check_sweep, run_sweep
-    from var_jax.train.var_trainer import NonFiniteLoss
+    from var_jax.scaling_sweep import SweepStopped, check_sweep, run_sweep
+    from var_jax.train.loop import NonFiniteLoss
 
     config = load_config(args.config, overrides)
     check_sweep(config)  # a bad sweep fails before anything trains
@@ -278,11 +173,12 @@ def _add_plan_command(sub) -> None:
 # -- VAR training: train, tokenize ---------------------------------------------------------------------
 def _train(args: argparse.Namespace, overrides: list[str]) -> int:
     from var_jax.config import load_config
-    from var_jax.parallel import initialize_distributed
+    from var_jax.cluster import initialize_distributed
 
     config = load_config(args.config, overrides)  # a bad config fails before anything starts
     initialize_distributed()
-    from var_jax.train.var_trainer import NonFiniteLoss, train_var
+    from var_jax.train.loop import NonFiniteLoss
+    from var_jax.train.var_trainer import train_var
     try:
         result = train_var(config, args.workdir)
     except NonFiniteLoss as e:
@@ -294,23 +190,9 @@ def _train(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def _tokenize(args: argparse.Namespace, overrides: list[str]) -> None:
-    from var_jax.checkpoint import load_pretrained
     from var_jax.config import load_config
-    from var_jax.data import pipeline
-    from var_jax.data.tokenized import write_tokens
-    from var_jax.train.var_trainer import check_config, check_tokenizer
-
-    config = load_config(args.config, overrides)
-    vae_cfg, _ = check_config(config)
-    tokenizer = check_tokenizer(config, vae_cfg)
-    if args.crops < 1 or args.batch < 1:
-        raise ValueError(f"--crops and --batch must be at least 1, got {args.crops} and {args.batch}")
-    train_src, _ = pipeline.sources(config.data)
-    vae = load_pretrained(tokenizer).vae
-    write_tokens(vae, train_src, args.out, image_size=int(config.img_size), crops=args.crops,
-                 seed=int(config.train.seed), batch_size=args.batch, hflip=bool(config.data.hflip),
-                 num_threads=int(config.data.num_threads),
-                 description={"name": config.data.name, "root": config.data.root})
+    from var_jax.two_stage import tokenize
+    tokenize(load_config(args.config, overrides), args.out, crops=args.crops, batch=args.batch)
     print(f"train on them with --config.data.tokens={args.out}")
 
 
@@ -417,9 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    overrides = [a for a in argv if a.startswith("--config.")]
-    args = build_parser().parse_args([a for a in argv if not a.startswith("--config.")])
+    from var_jax.config import split_overrides
+    overrides, rest = split_overrides(list(sys.argv[1:] if argv is None else argv))
+    args = build_parser().parse_args(rest)
     try:
         code = args.run(args, overrides)
     except (ValueError, KeyError, FileNotFoundError, FileExistsError, ImportError) as e:

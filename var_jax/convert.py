@@ -181,6 +181,13 @@ def _load(model, entries: list[Entry], sd: Arrays, buffers: Callable[[dict], lis
     return model
 
 
+def load_state_dict(model, entries: list[Entry], sd: Arrays, what: str,
+                    buffers: Callable[[dict], list[str]] = lambda _: []):
+    """Fill ``model`` (possibly abstract) from an official-layout state dict ``sd`` through
+    ``entries``; one error lists every missing, unexpected and mis-shaped key."""
+    return _load(model, entries, sd, buffers, what)
+
+
 def _buffer_names(what: str, sd: Arrays) -> set[str]:
     if what == "VQVAE":
         return {"quantize.ema_vocab_hit_SV"}

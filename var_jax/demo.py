@@ -37,6 +37,8 @@ import optax
 from flax import nnx
 from PIL import Image
 
+from var_jax.data.transforms import to_model_range
+
 DEFAULT_CONFIG = "demo_digits"
 DEFAULT_OUT = pathlib.Path("outputs") / "demo"
 
@@ -56,7 +58,7 @@ class SmallCNN(nnx.Module):
         self.out = nnx.Linear(self.FEATURES, num_classes, rngs=rngs)
 
     def features(self, images_uint8: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
-        x = images_uint8.astype(jnp.float32) / 127.5 - 1.0
+        x = to_model_range(images_uint8)
         x = jax.nn.relu(self.conv2(jax.nn.relu(self.conv1(x))))
         x = x.reshape(x.shape[0], -1)
         if dropout_key is not None:  # training: dropout 0.3 on the convolutions' output
@@ -243,16 +245,12 @@ def decode_every_scale(vae, tokens: Sequence[np.ndarray]) -> list[np.ndarray]:
 
 # -- the whole demo ----------------------------------------------------------------------------------------
 def run(config, out: str | pathlib.Path) -> dict:
-    from var_jax.checkpoint import load_pretrained
-    from var_jax.config import load_config
     from var_jax.data import embedded
-    from var_jax.data.sources import ArrayImages
-    from var_jax.data.tokenized import write_tokens
     from var_jax.image_io import labelled_grid, save_png
+    from var_jax.objectives import scale_names
     from var_jax.sample import SamplingSettings, Sampler, box_keep_mask, edit
-    from var_jax.train.tokenizer_eval import scale_names
-    from var_jax.train.tokenizer_trainer import train_tokenizer
     from var_jax.train.var_trainer import VARTrainer, check_config
+    from var_jax.two_stage import TOKENIZER_RUN, tokenizer_and_tokens
 
     out = pathlib.Path(out)
     demo = config.demo
@@ -260,25 +258,13 @@ def run(config, out: str | pathlib.Path) -> dict:
     stages = Stopwatch()
 
     stages.start()
-    tokenizer_run = out / "tokenizer_run"
-    if not (tokenizer_run / "tokenizer").is_dir():
-        tokenizer_config = load_config(demo.tokenizer_config)
-        tokenizer_config.train.seed = int(config.train.seed)
-        train_tokenizer(tokenizer_config, tokenizer_run)
-    vae = load_pretrained(tokenizer_run / "tokenizer").vae
-    stages.stop("tokenizer")
+    vae, two_stage_s = tokenizer_and_tokens(config, out, tokenizer_config=demo.tokenizer_config,
+                                            tokenizer_overrides=[f"train.seed={int(config.train.seed)}"],
+                                            crops=int(demo.crops))
+    stages.stop("tokenizer_and_tokens")
+    tokenizer_run, name = out / TOKENIZER_RUN, config.data.name
 
     stages.start()
-    name = config.data.name
-    train_set = ArrayImages.embedded(name, "train")
-    write_tokens(vae, train_set, out / "tokens", image_size=int(config.img_size), crops=int(demo.crops),
-                 seed=int(config.train.seed), batch_size=128, num_threads=int(config.data.num_threads),
-                 description={"name": name, "split": "train"})
-    stages.stop("tokenize")
-
-    stages.start()
-    config.tokenizer = str((tokenizer_run / "tokenizer").absolute())
-    config.data.tokens = str((out / "tokens").absolute())
     trainer = VARTrainer(config, out / "var_run", tokenizer=vae)
     trainer.train()
     var = trainer.var_model()
@@ -301,7 +287,7 @@ def run(config, out: str | pathlib.Path) -> dict:
     first = [int(np.flatnonzero(labels == c)[0]) for c in range(num_classes)]
     tokens = [np.concatenate([np.asarray(r.tokens[si]) for r in results])[first]
               for si in range(len(var.cfg.patch_nums))]
-    save_png(labelled_grid(decode_every_scale(vae, tokens), scale_names(vae.cfg)), out / "pyramid.png")
+    save_png(labelled_grid(decode_every_scale(vae, tokens), scale_names(var.cfg.patch_nums)), out / "pyramid.png")
     stages.stop("sample")
 
     stages.start()
@@ -310,7 +296,7 @@ def run(config, out: str | pathlib.Path) -> dict:
     real = _centre32(_pad_to_36(heldout.images[picks]))
     size = int(config.img_size)
     keep = box_keep_mask((0, size / 2, size, size), size, var.cfg.patch_nums[-1], "inpaint")  # redo the lower half
-    painted = np.asarray(edit(vae, var, jnp.asarray(real, jnp.float32) / 127.5 - 1, keep,
+    painted = np.asarray(edit(vae, var, to_model_range(jnp.asarray(real)), keep,
                               heldout.labels[picks].tolist(), seed=int(config.train.seed), settings=settings).images)
     masked = real.copy()
     masked[:, size // 2:] = 128
@@ -348,6 +334,7 @@ def run(config, out: str | pathlib.Path) -> dict:
                 "heldout": last_val},
         "seed": int(config.train.seed),
         **stages.summary(),
+        "tokenizer_and_tokens_s": {k: round(v, 1) for k, v in two_stage_s.items()},  # wall-clock, of which
         "devices": f"{jax.device_count()}× {jax.devices()[0].device_kind}",
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
@@ -365,8 +352,8 @@ def output_dir(config_name: str, seed: int, out: str | None = None) -> pathlib.P
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from var_jax.config import load_config
-    argv = list(sys.argv[1:] if argv is None else argv)
+    from var_jax.config import load_config, split_overrides
+    overrides, rest = split_overrides(list(sys.argv[1:] if argv is None else argv))
     parser = argparse.ArgumentParser(prog="python -m var_jax.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=DEFAULT_CONFIG, help="demo config (default: configs/demo_digits.py)")
     parser.add_argument("--out", default=None, help="output directory (default: outputs/demo, or "
@@ -375,8 +362,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=None,
                         help="seed of the whole run: both models' initialisation and data order, the crops, the "
                              "samples and the judge (default: the config's train.seed, 0)")
-    overrides = [a for a in argv if a.startswith("--config.")]
-    args = parser.parse_args([a for a in argv if not a.startswith("--config.")])
+    args = parser.parse_args(rest)
     try:
         config = load_config(args.config, overrides)
     except (ValueError, KeyError, FileNotFoundError) as e:

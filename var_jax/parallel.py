@@ -1,4 +1,4 @@
-"""Scale-out: multi-host start-up, the device mesh, logical-axis rules and shardings, global batches.
+"""The device mesh, the logical-axis rules and the shardings they give, global batches.
 
 One program runs on every process (SPMD).  The mesh has three axes, outermost first:
 
@@ -6,55 +6,79 @@ One program runs on every process (SPMD).  The mesh has three axes, outermost fi
 * ``fsdp``  — the batch is split *and* parameters are sharded on their ``embed`` axis (ZeRO-3 style);
 * ``model`` — tensor parallel: ``heads``, ``mlp`` and ``vocab`` axes are split.
 
-Their sizes come from the config section ``mesh`` (``data``, ``fsdp``, ``model``; one of them may
-be -1 = the devices left over) plus ``dcn_data``: how many slices (TPU multi-slice) or hosts (GPU
-nodes) the ``data`` axis spans over the slow data-centre network.  ``data`` stays outermost so the
-only traffic crossing the slow network is the once-per-step gradient reduction.
-
-Parameters carry logical axis names (``var_jax.models.layers.param``); :func:`logical_rules` maps
-them to mesh axes and :func:`shardings` turns a tree of variables into ``NamedSharding``\\ s.
+Everything comes from the config section ``mesh`` (defaults: :data:`var_jax.config.MESH`): the sizes
+``data``, ``fsdp``, ``model`` (one of them may be -1 = the devices left over), ``dcn_data`` (how many
+slices or hosts the ``data`` axis spans over the slow data-centre network; ``data`` stays outermost
+so only the once-per-step gradient reduction crosses it), and ``rules``: which mesh axes each
+logical axis name of the parameters and activations is split over (MaxText's
+``logical_axis_rules``).  A parameter dimension that its mesh axes do not divide is an error naming
+the parameter, unless ``mesh.replicate_indivisible`` says to keep it whole (logged).  Joining the
+processes of a multi-host job is :mod:`var_jax.cluster`.
 """
 from __future__ import annotations
 
+import logging
 import math
-import os
-import pathlib
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import Any, Mapping, NamedTuple
 
 import jax
 import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-MESH_AXES = ("data", "fsdp", "model")
-LOGICAL_AXES = ("batch", "seq", "embed", "heads", "mlp", "vocab", "layers")
-DEFAULT_MESH = {"data": -1, "fsdp": 1, "model": 1, "dcn_data": 1}
+from var_jax.config import MESH, MESH_AXES
+from var_jax.models.state import path_str
 
-Rules = Mapping[str, tuple[str, ...] | str | None]
+log = logging.getLogger(__name__)
+SIZE_KEYS = (*MESH_AXES, "dcn_data")
+Rules = Mapping[str, tuple[str, ...]]
 
 
 # -- the mesh -------------------------------------------------------------------------------------
-def mesh_settings(config) -> dict[str, int]:
-    """The mesh sizes of ``config`` with defaults filled in (all devices on ``data`` when nothing is
-    said).  ``config`` is a run's config (its ``mesh`` section is read; none = the defaults), the
-    section itself, or None."""
+def mesh_section(config) -> dict[str, Any]:
+    """The ``mesh`` section of ``config`` with defaults filled in (all devices on ``data`` when nothing
+    is said), checked.  ``config`` is a run's config (its ``mesh`` section is read; none = the
+    defaults), the section itself, or None."""
     config = dict(config or {})
     if "mesh" in config:
         section = dict(config["mesh"] or {})
-    elif set(config) & set(DEFAULT_MESH):
+    elif set(config) & set(MESH):
         section = config
     else:  # a run's config without a mesh section
         section = {}
-    unknown = sorted(set(section) - set(DEFAULT_MESH))
+    unknown = sorted(set(section) - set(MESH))
     if unknown:
-        raise ValueError(f"unknown mesh key(s) {unknown}: the mesh section takes {sorted(DEFAULT_MESH)}")
-    out = {**DEFAULT_MESH, **section}
-    for k, v in out.items():
+        raise ValueError(f"unknown mesh key(s) {unknown}: the mesh section takes {sorted(MESH)}")
+    out = {**MESH, **section}
+    for k in SIZE_KEYS:
+        v = out[k]
         whole = isinstance(v, (int, float)) and not isinstance(v, bool) and int(v) == v
         if not whole or (v < 1 and not (v == -1 and k in MESH_AXES)):
             raise ValueError(f"mesh.{k} must be a positive whole number" + (" or -1 (the rest)" if k in MESH_AXES
                              else "") + f", got {v!r}")
-    return {k: int(v) for k, v in out.items()}
+        out[k] = int(v)
+    out["rules"] = _checked_rules(out["rules"])
+    out["replicate_indivisible"] = bool(out["replicate_indivisible"])
+    return out
+
+
+def mesh_settings(config) -> dict[str, int]:
+    """The mesh sizes of ``config`` (see :func:`mesh_section`)."""
+    section = mesh_section(config)
+    return {k: section[k] for k in SIZE_KEYS}
+
+
+def _checked_rules(rules) -> dict[str, tuple[str, ...]]:
+    """{logical name: mesh axes} with every value a tuple of mesh axis names."""
+    out = {}
+    for name, axes in dict(rules or {}).items():
+        axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+        bad = [a for a in axes if a not in MESH_AXES]
+        if bad:
+            raise ValueError(f"mesh.rules.{name} = {axes}: {bad} are not mesh axes; use some of {MESH_AXES} "
+                             f"(or () for never split)")
+        out[name] = axes
+    return out
 
 
 def parse_mesh(text: str) -> dict[str, int]:
@@ -121,34 +145,23 @@ def make_mesh(config=None, devices=None) -> Mesh:
 
 
 # -- logical axes → mesh axes ---------------------------------------------------------------------
-def logical_rules(config=None) -> dict[str, tuple[str, ...] | str | None]:
-    """Which mesh axes each logical axis name is split over.
-
-    ``batch`` over (data, fsdp); ``embed`` over fsdp when fsdp > 1 (that is what makes it FSDP);
-    ``heads``, ``mlp``, ``vocab`` over model; ``seq`` and ``layers`` never (the blocks are scanned
-    over ``layers``, so each step needs whole layers).
-    """
-    settings = mesh_settings(config)
-    return {"batch": ("data", "fsdp"), "seq": None, "embed": "fsdp" if settings["fsdp"] != 1 else None,
-            "heads": "model", "mlp": "model", "vocab": "model", "layers": None}
-
-
-def _axis_size(mesh: Mesh, axes) -> int:
-    axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
-    return math.prod(mesh.shape[a] for a in axes)
+def logical_rules(config=None) -> dict[str, tuple[str, ...]]:
+    """Which mesh axes each logical axis name is split over: ``mesh.rules`` of ``config`` (by
+    default ``batch`` over (data, fsdp), ``embed`` over fsdp, ``heads``/``mlp``/``vocab`` over model,
+    ``seq`` and ``layers`` never).  Mesh axes of size 1 are skipped where the rules are applied."""
+    return mesh_section(config)["rules"]
 
 
 def _rules_of(mesh: Mesh, rules: Rules | None) -> Rules:
-    """``rules``, or by default the rules of the mesh's own sizes."""
-    return logical_rules({"mesh": {a: int(mesh.shape[a]) for a in MESH_AXES if a in mesh.shape}}) \
-        if rules is None else rules
+    return logical_rules() if rules is None else rules
 
 
-def partition_spec(names, shape, mesh: Mesh, rules: Rules) -> PartitionSpec:
+def partition_spec(names, shape, mesh: Mesh, rules: Rules, *, what: str | None = None) -> PartitionSpec:
     """The PartitionSpec of an array of ``shape`` whose axes carry logical ``names`` (None = never split).
 
-    A dimension that the mapped mesh axes do not divide evenly is left whole (replicated) rather
-    than padded, and a mesh axis is used at most once per array.
+    A mesh axis is used at most once per array.  A dimension that its mesh axes do not divide is an
+    error when ``what`` names the array (a parameter: an FSDP or tensor-parallel layout that cannot
+    be had must not turn silently into a replicated one); otherwise it is left whole.
     """
     if names is None:
         return PartitionSpec()
@@ -158,11 +171,19 @@ def partition_spec(names, shape, mesh: Mesh, rules: Rules) -> PartitionSpec:
     spec = []
     for name, dim in zip(names, shape):
         if name is not None and name not in rules:
-            raise KeyError(f"logical axis {name!r} has no rule; known: {sorted(rules)}")
+            raise KeyError(f"logical axis {name!r} has no rule; known: {sorted(rules)} (add it to mesh.rules)")
         axes = rules.get(name) if name is not None else None
         axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
         axes = tuple(a for a in axes if mesh.shape[a] > 1 and a not in used)
-        if not axes or dim % _axis_size(mesh, axes):
+        ways = math.prod(mesh.shape[a] for a in axes)
+        if axes and dim % ways:
+            if what is not None:
+                raise ValueError(
+                    f"{what} has shape {tuple(shape)}: its {name!r} dimension ({dim}) cannot be split over mesh axis "
+                    f"{'×'.join(axes)} of size {ways}. Choose mesh sizes that divide it, change mesh.rules.{name}, or "
+                    f"set mesh.replicate_indivisible=True to keep such dimensions whole (replicated)")
+            axes = ()
+        if not axes:
             spec.append(None)
             continue
         used.update(axes)
@@ -180,25 +201,35 @@ def axis_names(variable: nnx.Variable):
     return None
 
 
-def shardings(tree, mesh: Mesh, rules: Rules | None = None):
+def shardings(tree, mesh: Mesh, rules: Rules | None = None, *, replicate_indivisible: bool = False):
     """NamedShardings for every array of ``tree`` (an ``nnx.State``, a model's variables, an optimizer
     state built from them, or any pytree; abstract or concrete).
 
-    Variables are mapped through their logical names; anything else (scalars, step counters, plain
-    arrays) is replicated.  Variables keep their place in the tree with the sharding as value, the
-    form ``jax.jit(in_shardings=...)`` and ``jax.device_put`` take for an ``nnx.State``.
+    Variables are mapped through their logical names (a dimension the rules cannot split is an
+    error naming the variable, or, with ``replicate_indivisible``, kept whole and logged); anything
+    else (scalars, step counters, plain arrays) is replicated.  Variables keep their place in the
+    tree with the sharding as value, the form ``jax.jit(in_shardings=...)`` and ``jax.device_put``
+    take for an ``nnx.State``.
     """
     rules = _rules_of(mesh, rules)
     replicated = NamedSharding(mesh, PartitionSpec())
 
-    def leaf(x):
+    def leaf(path, x):
         if isinstance(x, nnx.Variable):
             value = x.get_value() if hasattr(x, "get_value") else x.value
-            spec = partition_spec(axis_names(x), np.shape(value), mesh, rules)
+            name, names, shape = path_str(path), axis_names(x), np.shape(value)
+            what = f"parameter {name}"
+            if not replicate_indivisible:
+                return x.replace(NamedSharding(mesh, partition_spec(names, shape, mesh, rules, what=what)))
+            try:
+                spec = partition_spec(names, shape, mesh, rules, what=what)
+            except ValueError as e:
+                log.warning("kept whole (mesh.replicate_indivisible): %s", e)
+                spec = partition_spec(names, shape, mesh, rules)
             return x.replace(NamedSharding(mesh, spec))
         return replicated if hasattr(x, "shape") else None
 
-    return jax.tree.map(leaf, tree, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    return jax.tree_util.tree_map_with_path(leaf, tree, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
 def place(tree, sharding_tree):
@@ -287,111 +318,3 @@ def global_batch(local_batch, mesh: Mesh, rules: Rules | None = None):
         x = np.asarray(x)
         return jax.make_array_from_process_local_data(batch_sharding(mesh, rules, x.ndim), x)
     return jax.tree.map(put, local_batch)
-
-
-# -- processes ------------------------------------------------------------------------------------
-def is_main_process() -> bool:
-    """True on the process that writes logs, images and single-file outputs."""
-    return jax.process_index() == 0
-
-
-ENV_MODE = "VAR_JAX_DISTRIBUTED"  # auto (default) | off | env | slurm | tpu
-MODES = ("auto", "off", "env", "slurm", "tpu")
-GOOGLE_PCI_VENDOR = "0x1ae0"
-
-
-def _tpu_chips(sys_root: str = "/") -> int:
-    """Number of Google TPU chips on this host's PCI bus (what a Cloud TPU VM has and nothing else)."""
-    devices = pathlib.Path(sys_root, "sys/bus/pci/devices")
-    if not devices.is_dir():
-        return 0
-    return sum((d / "vendor").is_file() and (d / "vendor").read_text().strip() == GOOGLE_PCI_VENDOR
-               for d in devices.iterdir())
-
-
-def detect_cluster(environ: Mapping[str, str] | None = None, sys_root: str = "/") -> str:
-    """How this process should join the others: 'env' (``JAX_COORDINATOR_ADDRESS``,
-    ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID`` set explicitly), 'slurm' (inside ``srun`` with more
-    than one task), 'tpu' (a Cloud TPU VM), or 'off' (one process: nothing to do).
-    ``VAR_JAX_DISTRIBUTED`` forces one of these."""
-    environ = os.environ if environ is None else environ
-    mode = environ.get(ENV_MODE, "auto").strip().lower() or "auto"
-    if mode not in MODES:
-        raise ValueError(f"{ENV_MODE}={environ[ENV_MODE]!r}; use one of {MODES}")
-    if mode != "auto":
-        return mode
-    if "JAX_COORDINATOR_ADDRESS" in environ:
-        return "env"
-    slurm_tasks = environ.get("SLURM_STEP_NUM_TASKS", environ.get("SLURM_NTASKS", "1"))
-    if "SLURM_JOB_ID" in environ and "SLURM_PROCID" in environ and int(slurm_tasks) > 1:
-        return "slurm"
-    if _tpu_chips(sys_root) > 0:
-        return "tpu"
-    return "off"
-
-
-def _env_arguments(environ: Mapping[str, str]) -> dict[str, Any]:
-    missing = [k for k in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID") if k not in environ]
-    if missing:
-        raise ValueError(f"an explicit coordinator needs JAX_COORDINATOR_ADDRESS (host:port), JAX_NUM_PROCESSES "
-                         f"and JAX_PROCESS_ID; missing {missing}")
-    address = environ["JAX_COORDINATOR_ADDRESS"]
-    if ":" not in address:
-        raise ValueError(f"JAX_COORDINATOR_ADDRESS must be host:port, got {address!r}")
-    try:
-        n, pid = int(environ["JAX_NUM_PROCESSES"]), int(environ["JAX_PROCESS_ID"])
-    except ValueError as e:
-        raise ValueError(f"JAX_NUM_PROCESSES and JAX_PROCESS_ID must be whole numbers: {e}") from None
-    if not 0 <= pid < n:
-        raise ValueError(f"JAX_PROCESS_ID must be in [0, JAX_NUM_PROCESSES={n}), got {pid}")
-    return {"coordinator_address": address, "num_processes": n, "process_id": pid}
-
-
-def _slurm_arguments(environ: Mapping[str, str]) -> dict[str, Any]:
-    """The GPUs this SLURM task drives, when SLURM says which GPUs it can see (else JAX's default:
-    one device per task, numbered by the task's local id).
-
-    One task per node (8 GPUs visible) → all of them; 8 tasks per node each seeing all 8 → the
-    local id's; GPUs bound per task (``--gpus-per-task``) → the ones bound.
-    """
-    if "JAX_LOCAL_DEVICE_IDS" in environ or not environ.get("CUDA_VISIBLE_DEVICES", "").strip():
-        return {}
-    visible = len([d for d in environ["CUDA_VISIBLE_DEVICES"].split(",") if d.strip()])
-    nodes = int(environ.get("SLURM_STEP_NUM_NODES", environ.get("SLURM_NNODES", "1")))
-    tasks = int(environ.get("SLURM_STEP_NUM_TASKS", environ.get("SLURM_NTASKS", "1")))
-    per_node = max(tasks // max(nodes, 1), 1)
-    local = int(environ.get("SLURM_LOCALID", "0"))
-    if visible == 1:  # SLURM bound one GPU to this task: it is device 0 here
-        return {"local_device_ids": [0]}
-    if visible % per_node:
-        raise ValueError(f"{per_node} SLURM tasks per node cannot share the {visible} GPUs in CUDA_VISIBLE_DEVICES "
-                         f"evenly; use one task per GPU or one per node")
-    share = visible // per_node
-    return {"local_device_ids": list(range(local * share, (local + 1) * share))}
-
-
-def initialize_distributed(environ: Mapping[str, str] | None = None, *,
-                           initialize: Callable[..., None] | None = None, sys_root: str = "/") -> str:
-    """Join the other processes of this job (call before anything touches a device); returns the
-    mode used (see :func:`detect_cluster`).  A no-op on one host and when already initialised.
-
-    Cloud TPU and SLURM are read by JAX itself (``jax.distributed.initialize()`` with no
-    arguments), except that under SLURM the GPUs of each task are given (see
-    :func:`_slurm_arguments`); the explicit mode passes the environment's coordinator, process
-    count and id.
-    """
-    environ = os.environ if environ is None else environ
-    mode = detect_cluster(environ, sys_root)
-    if mode == "off":
-        return mode
-    if initialize is None:
-        if jax.distributed.is_initialized():
-            return mode
-        initialize = jax.distributed.initialize
-    if mode == "env":
-        initialize(**_env_arguments(environ))
-    elif mode == "slurm":
-        initialize(**_slurm_arguments(environ))
-    else:
-        initialize()
-    return mode

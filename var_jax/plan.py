@@ -23,7 +23,6 @@ from typing import Any
 MB = 1 << 20
 # The function the VAR trainer provides: lower_train_step(config, mesh, batch_size) -> jax.stages.Lowered,
 # the real train step for a global batch, lowered for ``mesh`` from abstract inputs.
-TRAIN_STEP_BUILDER = ("var_jax.train.var_trainer", "lower_train_step")
 
 
 def _use_fake_devices(count: int) -> None:
@@ -101,13 +100,8 @@ def sampler_memory(vae_cfg, var_cfg, mesh, rules, batch: int, settings=None) -> 
 def train_step_memory(config, mesh, batch: int) -> dict[str, int] | str:
     """The compiled train step's memory, with the parameter and optimizer-state bytes of the
     training state it takes (its first argument), or why it cannot be planned."""
-    import importlib
-    module, name = TRAIN_STEP_BUILDER
-    try:
-        build = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError):
-        return f"not planned: {module}.{name} is not available"
-    lowered = build(config, mesh, batch)
+    from var_jax.train.var_trainer import lower_train_step
+    lowered = lower_train_step(config, mesh, batch)
     compiled = lowered.compile()
     out = compiled_memory(compiled)
     state, shardings = lowered.args_info[0][0], compiled.input_shardings[0][0]
@@ -200,9 +194,9 @@ def run(args: argparse.Namespace, overrides: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    overrides = [a for a in argv if a.startswith("--config.")]
-    args = build_parser().parse_args([a for a in argv if not a.startswith("--config.")])
+    from var_jax.config import split_overrides
+    overrides, rest = split_overrides(list(sys.argv[1:] if argv is None else argv))
+    args = build_parser().parse_args(rest)
     try:
         run(args, overrides)
     except (ValueError, KeyError, FileNotFoundError, RuntimeError) as e:

@@ -193,8 +193,8 @@ class Sampler:
     >>> result = sampler([207, 360, 387], seed=0)
 
     With a ``mesh`` (var_jax.parallel.make_mesh) the batch is split over its ``data`` and ``fsdp``
-    axes and the parameters are laid out by ``rules`` (default: ``logical_rules`` of the mesh's
-    sizes: FSDP over ``fsdp``, tensor parallel over ``model``), so a model too big for one device
+    axes and the parameters are laid out by ``rules`` (default: the rules of ``var_jax.config.MESH``:
+    FSDP over ``fsdp``, tensor parallel over ``model``), so a model too big for one device
     samples on several and every process of a multi-host job takes part (each passes the same
     labels and key).  Batches must then be multiples of :attr:`batch_multiple`.
     """
@@ -280,14 +280,6 @@ def box_keep_mask(box: Sequence[float], image_size: int, side: int, mode: str) -
     grid = lambda v: round(v / image_size * side)
     inside[grid(y0):grid(y1), grid(x0):grid(x1)] = 1
     return inside if mode == "outpaint" else 1 - inside
-
-
-def pixel_keep_mask(mask: np.ndarray, side: int) -> np.ndarray:
-    """A pixel mask (H, W) or (B, H, W), 1 = keep, → the fraction kept in each cell of the last grid."""
-    mask = np.asarray(mask, np.float32)
-    squeeze = mask.ndim == 2
-    m = resize(jnp.asarray(mask if not squeeze else mask[None])[..., None], side, "area")[..., 0]
-    return np.asarray(m[0] if squeeze else m)
 
 
 def scale_keep_masks(keep: np.ndarray, patch_nums: Sequence[int], batch: int) -> list[jax.Array]:

@@ -22,7 +22,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from var_jax.parallel import is_main_process
+from var_jax.cluster import is_main_process
 from var_jax.sample import Sampler
 
 

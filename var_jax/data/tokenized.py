@@ -30,7 +30,7 @@ from flax import nnx
 from tqdm import tqdm
 
 from var_jax.data.pipeline import decode
-from var_jax.data.transforms import resize_random_crop
+from var_jax.data.transforms import resize_random_crop, to_model_range
 
 log = logging.getLogger(__name__)
 TOKENS_FILE, LABELS_FILE, VALID_FILE, META_FILE = "tokens.npy", "labels.npy", "valid.npy", "meta.json"
@@ -69,7 +69,7 @@ class _Crops:
 @functools.partial(jax.jit, static_argnames="graphdef")
 def _encode(graphdef, state, images_uint8):
     vae = nnx.merge(graphdef, state)
-    return jnp.concatenate(vae.img_to_idx(images_uint8.astype(jnp.float32) / 127.5 - 1.0), axis=1)
+    return jnp.concatenate(vae.img_to_idx(to_model_range(images_uint8)), axis=1)
 
 
 def write_tokens(vae, source, directory: str | os.PathLike, *, image_size: int, crops: int = 1, seed: int = 0,

@@ -58,9 +58,10 @@ def resize_random_crop(img: Image.Image, size: int, rng: np.random.Generator, hf
     return img
 
 
-def to_model_range(images_uint8: np.ndarray) -> np.ndarray:
-    """uint8 [0, 255] → float32 [-1, 1]."""
-    return np.asarray(images_uint8, np.float32) / 127.5 - 1.0
+def to_model_range(images_uint8):
+    """uint8 [0, 255] → float32 [-1, 1]; NumPy in, NumPy out; a JAX array (traced or not) stays one."""
+    x = images_uint8 if hasattr(images_uint8, "astype") else np.asarray(images_uint8)
+    return x.astype(np.float32) / 127.5 - 1.0
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:

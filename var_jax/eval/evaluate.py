@@ -13,7 +13,6 @@ import pathlib
 
 import jax
 import numpy as np
-from jax.sharding import AxisType
 
 from var_jax.eval.features import InceptionFeatures
 from var_jax.eval.image_sets import FolderImages, NpzImages, npz_keys
@@ -69,14 +68,6 @@ def save_reference(reference: Reference, path: str | os.PathLike) -> None:
     os.replace(tmp, path)
 
 
-def local_data_mesh() -> jax.sharding.Mesh | None:
-    """A one-axis ``data`` mesh over this process's devices, or None with a single device."""
-    devices = jax.local_devices()
-    if len(devices) == 1:
-        return None
-    return jax.make_mesh((len(devices),), ("data",), axis_types=(AxisType.Auto,), devices=devices)
-
-
 def sample_images(path: str | os.PathLike) -> NpzImages:
     """The images of a sample file (``arr_0``, or ``images`` as the demo writes them), checked to be
     enough for the statistics."""
@@ -107,3 +98,28 @@ def evaluate(samples: str | os.PathLike, ref: str | os.PathLike, extractor: Ince
         "samples": str(samples),
         "ref": str(ref),
     }
+
+
+def evaluate_files(samples: str | os.PathLike, ref: str | os.PathLike, inception: str | os.PathLike | None, *,
+                   batch: int = 64, save_inception: str | os.PathLike | None = None,
+                   save_ref: str | os.PathLike | None = None) -> dict:
+    """:func:`evaluate` from files (``var-jax eval``): the Inception weights in ``inception``
+    (optionally saved again as ``.npz``), every device of this process on the mesh's data axis
+    (``batch`` rounded up to a multiple of their number).  Inputs are checked before the weights are read."""
+    from var_jax import parallel
+    from var_jax.eval.inception_weights import load_inception, save_weights
+    if not inception:
+        raise ValueError("give the Inception weights with --inception FILE (or VAR_JAX_INCEPTION=FILE): pytorch-fid's "
+                         "pt_inception-2015-12-05-6726825d.pth, a TorchScript export of the same network, or an .npz "
+                         "written by --save-inception")
+    if batch <= 0:
+        raise ValueError(f"--batch must be positive, got {batch}")
+    sample_images(samples)
+    if not pathlib.Path(ref).exists():
+        raise FileNotFoundError(f"no such reference: {ref} (an ADM reference .npz or a folder of images)")
+    model = load_inception(inception)
+    if save_inception:
+        save_weights(model, save_inception)
+    mesh = parallel.make_mesh(None, jax.local_devices())
+    extractor = InceptionFeatures(model, batch_size=-(-batch // mesh.size) * mesh.size, mesh=mesh)
+    return evaluate(samples, ref, extractor, save_ref=save_ref)

@@ -22,7 +22,7 @@ from typing import Mapping
 import numpy as np
 from flax import nnx
 
-from var_jax.convert import CheckpointMismatch, Entry, _load, _torch, read_pth
+from var_jax.convert import CheckpointMismatch, Entry, _torch, load_state_dict, read_pth
 from var_jax.eval.inception import InceptionConfig, InceptionV3
 from var_jax.models.state import flat_state
 
@@ -69,7 +69,7 @@ def from_pth_state_dict(sd: Arrays) -> InceptionV3:
         del sd[k]
     cfg = InceptionConfig(with_logits="fc.weight" in sd)
     model = nnx.eval_shape(lambda: InceptionV3(cfg))
-    return _load(model, pth_entries(model), sd, lambda _: [], "FID Inception")
+    return load_state_dict(model, pth_entries(model), sd, "FID Inception")
 
 
 def to_pth_state_dict(model: InceptionV3) -> dict[str, np.ndarray]:

@@ -22,15 +22,17 @@ def assign_flat_state(model, flat: Mapping[tuple, np.ndarray | jax.Array]) -> No
     """Set every variable of ``model`` (abstract or concrete) from ``flat``, which must cover them all."""
     state = nnx.state(model)
     current = traverse_util.flatten_dict(nnx.to_pure_dict(state))
-    missing = sorted(".".join(map(str, p)) for p in current if p not in flat)
+    missing = sorted(path_str(p) for p in current if p not in flat)
     if missing:
         raise KeyError(f"no value for {len(missing)} variable(s): {missing[:10]}")
     nnx.replace_by_pure_dict(state, traverse_util.unflatten_dict({p: flat[p] for p in current}))
     nnx.update(model, state)
 
 
-def path_str(path: tuple) -> str:
-    return "/".join(map(str, path))
+def path_str(path) -> str:
+    """'blocks/attn/mat_qkv': how checkpoints, errors and logs name a variable, from a tuple of names
+    or a JAX key path."""
+    return "/".join(str(next((getattr(k, a) for a in ("key", "name", "idx") if hasattr(k, a)), k)) for k in path)
 
 
 def init_model(cls, cfg, seed: int = 0):

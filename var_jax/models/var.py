@@ -103,8 +103,8 @@ class VARConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "VARConfig":
-        from var_jax.models.vqvae import _from_dict
-        return _from_dict(cls, d, ignore=("flash_if_available", "fused_if_available"))
+        from var_jax.models.vqvae import config_from_dict
+        return config_from_dict(cls, d, ignore=("flash_if_available", "fused_if_available"))
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(dataclasses.asdict(self)))

