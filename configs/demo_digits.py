@@ -10,19 +10,21 @@ TOKENIZER_CONFIG = "vqvae_digits"
 
 def get_config():
     config = small_var_on_tokenizer(TOKENIZER_CONFIG, num_classes=10, depth=4, embed_dim=128, num_heads=2)
-    # ~1 step/s on 2 cores: 400 steps of 32 (1.4 passes over the 9,000 crops) are ~7 minutes.
-    config.train.update(steps=400, batch_size=32, compute_dtype="float32", lr=2e-3, warmup_epochs=0.2,
-                        end_lr_ratio=0.1, log_every=50, ckpt_every=200, keep_checkpoints=1)
-    config.eval.update(every=400, num_images=256, batch_size=64, sample_every=-1, sample_classes=list(range(10)),
+    # Far from converged (under 3 passes over the digits), more updates beat bigger batches for the
+    # same compute, as for the tokenizer: 800 steps of 16 cost about what 400 of 32 did.
+    config.train.update(steps=800, batch_size=16, compute_dtype="float32", lr=2e-3, warmup_epochs=0.2,
+                        end_lr_ratio=0.1, log_every=50, ckpt_every=400, keep_checkpoints=1)
+    config.eval.update(every=800, num_images=256, batch_size=64, sample_every=-1, sample_classes=list(range(10)),
                        sample_per_class=8, sample_cfg=6.0, sample_top_k=0, sample_top_p=0.8)
     config.demo = {
         "tokenizer_config": TOKENIZER_CONFIG,
-        "crops": 2,                # random crops tokenized per training image
+        "crops": 1,                # random crops tokenized per training image (each is seen under 3 times)
         "samples_per_class": 50,   # samples.npz: this many of each class
-        # Sampling for the measurement.  After 400 steps the judge's agreement was 0.81 at cfg 3,
-        # 0.91 at cfg 8, and 0.95 at cfg 6 with top-p 0.8 (the least likely 20% of each draw cut).
+        # Sampling for the measurement: guidance 6, top-p 0.8 (the least likely 20% of each draw cut).
+        # Chosen on an earlier model (400 steps of 32) by the judge itself: 0.81 at cfg 3, 0.91 at cfg 8,
+        # 0.95 here.  Not chosen on separate held-out data, so the agreement may be a little optimistic.
         "cfg": 6.0, "top_k": 0, "top_p": 0.8,
         "classifier_steps": 400,   # the judge: a small CNN trained on the held-out real images
-        "goal": 0.90,              # fraction of samples the judge labels as the class asked for
+        "goal": 0.95,              # fraction of samples the judge labels as the class asked for
     }
     return config

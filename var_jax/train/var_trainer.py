@@ -44,6 +44,7 @@ from var_jax.train.checkpointing import Checkpointer, local_workdir
 from var_jax.train.data_fit import DataFit
 from var_jax.train.loop import NonFiniteLoss, Trainer, counters  # noqa: F401 (NonFiniteLoss: what train_var raises)
 from var_jax.train.metrics import MetricsWriter
+from var_jax.train.step_memory import resolve_auto_remat
 from var_jax.train.var_schedule import Progressive, RunLength
 from var_jax.train.var_step import StepSettings, make_eval_step, make_train_step
 
@@ -286,6 +287,8 @@ class VARTrainer(Trainer):
         """``tokenizer``: the VQVAE of ``config.tokenizer`` when the caller has it loaded already;
         ``programs``: a dict the caller keeps to share compiled programs between trainers of the
         same configuration (see :meth:`TrainProgram.key`)."""
+        # var.remat=auto: the policy whose step fits these devices, decided as `var-jax plan --remat auto` does
+        config = resolve_auto_remat(config)
         self.config = config
         self.workdir = local_workdir(workdir)
         t, ev = config.train, config.eval
@@ -302,9 +305,7 @@ class VARTrainer(Trainer):
             sizes = parallel.mesh_shape(config)
             fit.evaluation(ev, sizes["data"] * sizes["fsdp"])
         try:
-            self.length = RunLength.of(num_images=self.data.num_images, batch_size=int(t.batch_size),
-                                       epochs=float(t.epochs), steps=int(t.steps),
-                                       warmup_epochs=float(t.warmup_epochs), prog_warmup_epochs=float(t.pgwp))
+            self.length = RunLength.of_config(t, self.data.num_images)
         except ValueError as e:
             fit.problems.append(str(e))
         fit.check()
