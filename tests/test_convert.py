@@ -8,13 +8,14 @@ import dataclasses
 import json
 import math
 import os
+from collections import OrderedDict
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import var_jax
-from var_jax import checkpoint, cli, convert
+from var_jax import checkpoint, cli, convert, pth
 from var_jax.config import PATCH_NUMS, load_config, model_configs
 from var_jax.models.state import abstract_model, assign_flat_state, flat_state
 from var_jax.models.var import VAR, VARConfig
@@ -360,6 +361,23 @@ def test_infer_vae_config(official_vae_sd, official_config):
     assert cfg.ch_mult == tuple(want["ch_mult"]) and cfg.v_patch_nums == tuple(want["v_patch_nums"])
 
 
+@pytest.mark.parametrize("name", ["var_d16", "var_d30", "var_d36s_512"])
+def test_released_configurations_are_read_off_their_weights(name):
+    """What from_pretrained relies on: the released files' shapes alone give the released configurations
+    (d36: the 512 px schedule and shared AdaLN)."""
+    vae_cfg, var_cfg = model_configs(load_config(name))
+
+    def placeholders(shapes):  # arrays of the right shapes that take no memory
+        return {k: np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), s, (0,) * len(s)) for k, s in shapes.items()}
+    var_sd = {**placeholders(_released_var_shapes(var_cfg)), "lvl_1L": convert.var_buffers(var_cfg)["lvl_1L"]}
+    inferred = convert.infer_var_config(var_sd)
+    # the released configs keep the training recipe's initialisation, which weights cannot show or need
+    assert dataclasses.replace(inferred, init_adaln_gamma=var_cfg.init_adaln_gamma) == var_cfg
+    vae = abstract_model(VQVAE, vae_cfg)
+    vae_sd = placeholders(exported_shapes_without_allocation(vae, convert.vae_entries(vae)))
+    assert convert.infer_vae_config(vae_sd, var_cfg.patch_nums) == vae_cfg
+
+
 @pytest.mark.parametrize("variant", ["share0", "share0_two_phis", "share1", "share3", "no_phi", "quant_conv_ks1",
                                      "ch_mult_112", "two_blocks_no_attn"])
 def test_infer_vae_config_from_exported_dicts(variant, tiny_vae, helpers):
@@ -464,13 +482,10 @@ def test_cli_convert_missing_file(tmp_path, capsys):
 
 
 @pytest.fixture
-def fake_pth_files(official_vae_sd, official_var_sd, tmp_path, monkeypatch):
-    """vae.pth / var.pth stand-ins: the files exist, and ``convert.read_pth`` returns the fixture's
-    state dicts for them, so the command's logic runs without torch."""
-    dicts = {"vae.pth": official_vae_sd, "var.pth": official_var_sd}
-    for name in dicts:
-        (tmp_path / name).write_bytes(b"")
-    monkeypatch.setattr(convert, "read_pth", lambda path, part=None: dict(dicts[os.path.basename(path)]))
+def fake_pth_files(official_vae_sd, official_var_sd, tmp_path):
+    """vae.pth / var.pth: the fixture's official state dicts as .pth files (written without torch)."""
+    for name, sd in (("vae.pth", official_vae_sd), ("var.pth", official_var_sd)):
+        pth.save(OrderedDict(sd), tmp_path / name)
     return tmp_path / "vae.pth", tmp_path / "var.pth"
 
 
@@ -527,23 +542,25 @@ def test_cli_convert_tokenizer_with_a_tokenizer_config(fake_pth_files, official_
     _assert_converted(out, official_vae_sd, None)
 
 
-def test_cli_convert_pth_files(official_vae_sd, official_var_sd, tmp_path, capsys):
-    torch = pytest.importorskip("torch", reason="reading .pth files needs torch (pip install 'var-jax[convert]')")
-    for name, sd in (("vae", official_vae_sd), ("var", official_var_sd)):
-        torch.save({k: torch.from_numpy(np.array(v)) for k, v in sd.items()}, tmp_path / f"{name}.pth")
+def test_cli_convert_back_to_pth(fake_pth_files, official_vae_sd, official_var_sd, tmp_path, capsys):
+    vae_pth, var_pth = fake_pth_files
     out = tmp_path / "converted"
-    assert cli.main(["convert", "--vae", str(tmp_path / "vae.pth"), "--var", str(tmp_path / "var.pth"),
-                     "--out", str(out)]) == 0
-    _assert_converted(out, official_vae_sd, official_var_sd)
-
+    assert cli.main(["convert", "--vae", str(vae_pth), "--var", str(var_pth), "--out", str(out)]) == 0
     back = tmp_path / "back"  # and back to .pth files with the official names
     assert cli.main(["convert", "--to-official", "--ckpt", str(out), "--out", str(back)]) == 0
     capsys.readouterr()
+    try:
+        import torch  # the official code reads them with torch.load
+
+        def load(path):
+            return {k: v.numpy() for k, v in torch.load(path, map_location="cpu", weights_only=True).items()}
+    except ImportError:
+        load = pth.load
     for name, ref in (("vae", official_vae_sd), ("var", official_var_sd)):
-        sd = torch.load(back / f"{name}.pth", map_location="cpu", weights_only=True)
+        sd = load(back / f"{name}.pth")
         assert sd.keys() == ref.keys()
         for k in ref:
-            np.testing.assert_array_equal(sd[k].numpy(), ref[k], err_msg=k)
+            np.testing.assert_array_equal(sd[k], ref[k], err_msg=k)
 
 
 # -- released parameter counts, without allocation ---------------------------------------------------------

@@ -20,7 +20,7 @@ from PIL import Image
 from var_jax.cli import main as cli
 from var_jax.convert import CheckpointMismatch
 from var_jax.data.embedded import load as load_embedded
-from var_jax.eval.evaluate import Reference, load_reference
+from var_jax.eval.evaluate import Reference, load_reference, statistics_warnings
 from var_jax.eval.features import InceptionFeatures
 from var_jax.eval.inception import tf_bilinear_matrix
 from var_jax.eval.inception_weights import (from_pth_state_dict, load_inception, to_pth_state_dict,
@@ -287,6 +287,26 @@ def test_eval_command_explains_bad_inputs(tmp_path, capsys, weights_npz, monkeyp
     np.savez(broken, **{k: v for k, v in np.load(weights_npz).items() if not k.startswith("Mixed_7c")})
     code, _, err = _run(capsys, "eval", "--samples", good, "--ref", good, "--inception", broken)
     assert code == 2 and "missing" in err and "Mixed_7c.branch1x1.conv.weight" in err
+
+
+def test_eval_command_warns_about_few_or_degenerate_samples(tmp_path, capsys, weights_npz):
+    blank = tmp_path / "blank.npz"  # identical images: every feature vector the same
+    np.savez(blank, arr_0=np.zeros((4, 8, 8, 3), np.uint8))
+    code, out, err = _run(capsys, "eval", "--samples", blank, "--ref", blank, "--inception", weights_npz, "--batch", 4)
+    assert code == 0 and json.loads(out)["num_samples"] == 4
+    assert "warning: only 4 samples: with fewer than 2,048" in err
+    assert "warning: the sample features are (nearly) all the same" in err
+
+
+def test_statistics_warnings():
+    rng = np.random.default_rng(0)
+    spread = gaussian_stats(rng.normal(1.0, 0.3, (64, 8)))
+    same = GaussianStats(np.full(8, 0.5), np.zeros((8, 8)))
+    assert statistics_warnings(5000, spread, spread) == []
+    first, second = statistics_warnings(5, spread, same)
+    assert first.startswith("only 5 samples: with fewer than 8 (the feature dimension)")
+    assert second.startswith("the reference features are (nearly) all the same")
+    assert len(statistics_warnings(5000, same, spread)) == 1
 
 
 def test_reference_without_statistics_features_or_images_is_refused(tmp_path):

@@ -15,7 +15,8 @@ from var_jax.models.var import VAR
 from var_jax.models.vqvae import VQVAE
 from var_jax.ops.resample import bilinear_matrix
 from var_jax.ops.sampling import filter_top_k_top_p
-from var_jax.sample import (Sampler, SamplingSettings, box_keep_mask, edit, generate, scale_keep_masks)
+from var_jax.sample import (Sampler, SamplingSettings, _sample_program, box_keep_mask, edit, generate,
+                            scale_keep_masks)
 from var_jax.sample_npz import write_evaluation_npz
 
 # float32 models against float32 models computed along another path: 1e-4 is the parity tolerance,
@@ -87,6 +88,23 @@ def test_same_seed_same_images_other_seed_other_images(tiny_models):
     assert any(not np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a.tokens, c.tokens))
 
 
+def test_bfloat16_sampler_stores_its_kernels_in_bfloat16_with_the_same_result(tiny_vae, tiny_var):
+    vae = init_model(VQVAE, tiny_vae(dtype="bfloat16"), seed=0)
+    var = init_model(VAR, tiny_var(patch_nums=(1, 2, 4), dtype="bfloat16"), seed=1)
+    sampler = Sampler(vae, var, SamplingSettings(cfg=2.0, top_k=5, top_p=0.9), uint8=False)
+    stored = {jax.tree_util.keystr(p) for p, x in jax.tree_util.tree_leaves_with_path(sampler.states[1])
+              if x.dtype == jnp.bfloat16}
+    assert len(stored) == 6 and all("kernel" in p or "mat_qkv" in p for p in stored), stored
+    labels = jnp.asarray([0, 1, 2, 3], jnp.int32)
+    ours = sampler(labels, seed=0)
+    # The float32 weights converted at each use instead: the same bfloat16 operands reach every product.
+    images, tokens = _sample_program(sampler.graphdefs, (sampler.states[0], nnx.split(var)[1]), labels,
+                                     jax.random.key(0), None, sampler.settings, False)
+    for a, b in zip(ours.tokens, tokens):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    np.testing.assert_allclose(np.asarray(ours.images), np.asarray(images), atol=1e-6)
+
+
 def test_random_and_unconditional_labels(tiny_models):
     sampler = Sampler(*tiny_models)
     drawn = sampler(None, batch=6, seed=0).labels
@@ -137,6 +155,19 @@ def test_top_k_top_p_match_the_official_rule(top_k, top_p):
     ours = np.asarray(filter_top_k_top_p(jnp.asarray(logits), top_k, top_p))
     np.testing.assert_array_equal(np.isinf(ours), np.isinf(_official_filter(logits, top_k, top_p)))
     np.testing.assert_array_equal(ours[~np.isinf(ours)], logits[~np.isinf(ours)])
+
+
+@pytest.mark.parametrize("top_k, top_p", [(3, 0.5), (3, 0.9), (6, 0.3), (6, 0.99), (2, 1.0)])
+def test_top_k_top_p_with_ties_at_the_kth_match_the_official_rule(top_k, top_p):
+    # Logits on a coarse grid: many rows have ties with the k-th largest beyond the k selected, and
+    # the top-p cut falls before, among and after them depending on p.  Ties at the top-p cut are all
+    # kept: every logit ≥ the smallest one the official rule keeps survives.
+    logits = np.round(np.random.default_rng(1).normal(size=(64, 12)) * 2).astype(np.float32) / 2
+    official = _official_filter(logits, top_k, top_p)
+    lowest_kept = np.where(np.isinf(official), np.inf, official).min(axis=-1, keepdims=True)
+    ours = np.asarray(filter_top_k_top_p(jnp.asarray(logits), top_k, top_p))
+    np.testing.assert_array_equal(~np.isinf(ours), logits >= lowest_kept)
+    assert (np.sum(logits >= np.sort(logits)[:, -top_k:-top_k + 1], axis=-1) > top_k).any()  # ties beyond k exist
 
 
 def test_top_k_keeps_ties():
@@ -245,6 +276,11 @@ def test_sample_command_writes_grid_and_tokens(digits_model_dir, tmp_path):
     (["--classes", "1,x"], "comma-separated class ids"),
     (["--classes", "11"], "out of range"),
     (["--cfg", "-2"], "cfg must be ≥ 0"),
+    (["--classes", " "], "comma-separated class ids"),
+    (["--classes", "10"], "class 10 is out of range for this model: use 0..9, or -1"),  # not unconditional
+    (["--per-class", "0"], "--per-class must be at least 1, got 0"),
+    (["--per-class", "-2"], "--per-class must be at least 1, got -2"),
+    (["--batch", "-4"], "--batch must be at least 1, got -4"),
     (["--top-p", "0"], None),
 ])
 def test_sample_command_errors(digits_model_dir, tmp_path, capsys, args, message):
@@ -291,3 +327,59 @@ def test_evaluation_set_resumes_to_the_same_result(tiny_models, tmp_path):
         write_evaluation_npz(sampler, tmp_path / "whole.npz", num=11, per_class=3, batch=4)
     with pytest.raises(ValueError, match="more than --per-class 3"):
         write_evaluation_npz(sampler, tmp_path / "x.npz", num=100, per_class=3)
+
+
+def test_sample_command_checks_outputs_before_the_work(digits_model_dir, tmp_path, capsys, monkeypatch):
+    from var_jax import cli as cli_module
+    monkeypatch.setattr(cli_module, "_load_models", lambda args: pytest.fail("loaded the models"))
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("keep")
+    base = ["sample", "--ckpt", str(digits_model_dir)]
+    for args, message in (([ "--out", str(tmp_path)], "is a directory; give a file name"),
+                          (["--out", str(a_file / "g.png")], "cannot write in"),
+                          (["--out", str(tmp_path / "g.png"), "--png-dir", str(a_file)], "is a file; give a directory"),
+                          (["--num", "0", "--npz", str(tmp_path / "s.npz")], "--num must be at least 1, got 0"),
+                          (["--num", "4", "--npz", str(tmp_path)], "is a directory")):
+        assert cli(base + args) == 2
+        assert message in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]  # nothing written, no stray .tmp
+    assert a_file.read_text() == "keep"
+
+
+def test_default_classes_are_distinct_and_small_grids_are_scaled_up(digits_model_dir, tmp_path, capsys):
+    grid, tokens = tmp_path / "grid.png", tmp_path / "t.npz"
+    assert cli(["sample", "--ckpt", str(digits_model_dir), "--per-class", "1", "--out", str(grid),
+                "--tokens", str(tokens)]) == 0
+    labels = np.load(tokens)["labels"]
+    assert len(labels) == 8 and len(set(labels.tolist())) == 8
+    from PIL import Image
+    assert Image.open(grid).size[1] >= 8 * 128  # 32-px images drawn at 128 px
+    assert "compiling the sampler" in capsys.readouterr().err
+
+
+def test_labels_must_be_whole_class_ids(tiny_models):
+    sampler = Sampler(*tiny_models)
+    with pytest.raises(ValueError, match="whole numbers"):
+        sampler.labels([2.7], None, None)
+    with pytest.raises(ValueError, match="no labels given"):
+        sampler.labels([], None, None)
+    assert np.asarray(sampler.labels([2.0, -1], None, None)).tolist() == [2, 5]
+
+
+def test_edit_refuses_pixels_outside_the_model_range(tiny_models):
+    vae, var = tiny_models
+    keep = box_keep_mask((2, 2, 6, 6), 8, 4, "inpaint")
+    with pytest.raises(ValueError, match=r"images must be in \[-1, 1\].*\[0, 255\]"):
+        edit(vae, var, jnp.full((1, 8, 8, 3), 255.0).at[0, 0, 0, 0].set(0.0), keep)
+
+
+def test_a_box_smaller_than_a_token_is_refused():
+    with pytest.raises(ValueError, match="covers no token: tokens are 32×32-pixel cells"):
+        box_keep_mask((100, 100, 110, 110), 256, 8, "inpaint")
+
+
+def test_default_settings_fit_the_vocabulary():
+    from var_jax.sample import OFFICIAL_SETTINGS, default_settings
+    assert default_settings(4096) == OFFICIAL_SETTINGS  # the released models: the official settings
+    assert default_settings(512).top_k == 112 and default_settings(16, cfg=4.0) == SamplingSettings(4.0, 4, 0.96)
+    assert default_settings(512, top_k=0, top_p=0.5) == SamplingSettings(1.5, 0, 0.5)  # given settings win

@@ -50,9 +50,9 @@ def save_pretrained(directory: str | os.PathLike, *, vae: VQVAE | None = None, v
     try:
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=1))
         with ocp.StandardCheckpointer() as ckpt:
-            for name, model in models.items():
+            for name, model in models.items():  # one at a time: the writer's buffers hold one model
                 ckpt.save(tmp / name, {path_str(p): v for p, v in flat_state(model).items()})
-            ckpt.wait_until_finished()
+                ckpt.wait_until_finished()
         if target.exists():
             target.rmdir()
         tmp.rename(target)
@@ -103,7 +103,7 @@ def from_official(out: str | os.PathLike, *, vae: str | None = None, var: str | 
     configuration is read off the state dicts unless ``config`` (a config name or path, with
     ``overrides``) is given; a tokenizer alone gets the patch schedule of ``img_size``."""
     from var_jax import convert
-    from var_jax.config import PATCH_NUMS, load_config, model_configs
+    from var_jax.config import load_config, model_configs
     if not (vae or var):
         raise ValueError("give --vae FILE.pth, --var FILE.pth or both (or --to-official --ckpt DIR)")
     for path in (vae, var):
@@ -111,17 +111,16 @@ def from_official(out: str | os.PathLike, *, vae: str | None = None, var: str | 
             raise FileNotFoundError(f"no such file: {path}")
     var_sd = convert.read_pth(var, "var_wo_ddp") if var else None
     vae_sd = convert.read_pth(vae, "vae_local") if vae else None
+    vae_cfg = var_cfg = None
     if config:
         vae_cfg, var_cfg = model_configs(load_config(config, overrides))
         for flag, sd, cfg, section in (("--vae", vae_sd, vae_cfg, "vae"), ("--var", var_sd, var_cfg, "var")):
             if sd is not None and cfg is None:
                 raise ValueError(f"{flag} was given but the config {config} has no '{section}' section")
-    else:
-        var_cfg = convert.infer_var_config(var_sd) if var_sd is not None else None
-        patch_nums = var_cfg.patch_nums if var_cfg else PATCH_NUMS[img_size]
-        vae_cfg = convert.infer_vae_config(vae_sd, patch_nums) if vae_sd is not None else None
-    target = save_pretrained(out, vae=convert.vae_from_official(vae_sd, vae_cfg) if vae_sd is not None else None,
-                             var=convert.var_from_official(var_sd, var_cfg) if var_sd is not None else None)
+    vae_model, var_model = convert.models_from_official(vae_sd, var_sd, vae_cfg=vae_cfg, var_cfg=var_cfg,
+                                                        img_size=img_size)
+    del vae_sd, var_sd  # unmaps the file pages the models do not share (lower peak memory while saving)
+    target = save_pretrained(out, vae=vae_model, var=var_model)
     print(f"wrote {target} (load it with var_jax.load_pretrained({str(target)!r}))")
     return target
 

@@ -17,6 +17,14 @@ def _convert(args: argparse.Namespace, overrides: list[str]) -> None:
 
 
 def _load_models(args):
+    if bool(args.ckpt) == bool(args.model):
+        from var_jax.hub import RELEASED
+        raise ValueError(f"give --ckpt DIR (a var-jax model directory) or --model NAME (a released model: "
+                         f"{', '.join(RELEASED)})" + (", not both" if args.ckpt else ""))
+    if args.model:
+        from var_jax.hub import from_pretrained
+        vae, var, _ = from_pretrained(args.model, dtype=args.dtype)
+        return vae, var
     from var_jax.checkpoint import load_pretrained
     vae, var, _ = load_pretrained(args.ckpt, dtype=args.dtype)
     if vae is None or var is None:
@@ -25,51 +33,71 @@ def _load_models(args):
     return vae, var
 
 
-def _settings(args):
-    """The sampling flags; those not given are the official evaluation settings."""
-    from var_jax.sample import OFFICIAL_SETTINGS, SamplingSettings
+def _settings(args, vocab_size: int | None = None):
+    """The sampling flags; those not given are ``default_settings`` of the model's vocabulary (checked
+    first with the released vocabulary, before the models are loaded)."""
+    from var_jax.sample import RELEASED_VOCAB, default_settings
     given = {k: getattr(args, k) for k in ("cfg", "top_k", "top_p") if getattr(args, k) is not None}
-    return SamplingSettings(**{"cfg": OFFICIAL_SETTINGS.cfg, "top_k": OFFICIAL_SETTINGS.top_k,
-                               "top_p": OFFICIAL_SETTINGS.top_p, **given}, more_smooth=args.more_smooth)
+    return default_settings(vocab_size or RELEASED_VOCAB, **given, more_smooth=args.more_smooth)
+
+
+def _positive(**values) -> None:
+    for flag, value in values.items():
+        if value is not None and value < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
 
 
 def _sample(args: argparse.Namespace, overrides: list[str]) -> None:
     from var_jax.sample import Sampler
 
-    settings = _settings(args)  # checked before the models are loaded
+    from var_jax.image_io import check_output_dir, check_output_file
+
+    _settings(args)  # checked before the models are loaded
+    _positive(per_class=args.per_class, batch=args.batch, num=args.num)
     if args.num:
         if not args.npz:
             raise ValueError("--num writes an evaluation file: give --npz OUT.npz")
+        check_output_file(args.npz, "--npz")
         from var_jax import cluster, parallel
         from var_jax.sample_npz import write_evaluation_npz
         mesh_sizes = parallel.parse_mesh(args.mesh)  # checked before anything starts
         cluster.initialize_distributed()  # a no-op on one host; all processes share the work
         vae, var = _load_models(args)
         mesh = parallel.make_mesh({"mesh": mesh_sizes})
-        write_evaluation_npz(Sampler(vae, var, settings, mesh=mesh), args.npz, num=args.num,
-                             per_class=args.per_class, batch=args.batch, seed=args.seed)
+        sampler = Sampler(vae, var, _settings(args, var.cfg.vocab_size), mesh=mesh)
+        write_evaluation_npz(sampler, args.npz, num=args.num, per_class=args.per_class, batch=args.batch,
+                             seed=args.seed)
         return
     if not args.out:
         raise ValueError("give --out GRID.png (or --num N --npz OUT.npz for an evaluation set)")
     from var_jax.sample_files import parse_classes, write_grid
     classes = parse_classes(args.classes)
+    check_output_file(args.out, "--out")  # outputs are checked before the work
+    if args.png_dir:
+        check_output_dir(args.png_dir, "--png-dir")
+    if args.tokens:
+        check_output_file(args.tokens, "--tokens")
     vae, var = _load_models(args)
-    write_grid(Sampler(vae, var, settings), classes, args.out, per_class=args.per_class, batch=args.batch,
-               seed=args.seed, png_dir=args.png_dir, tokens=args.tokens)
+    write_grid(Sampler(vae, var, _settings(args, var.cfg.vocab_size)), classes, args.out, per_class=args.per_class,
+               batch=args.batch, seed=args.seed, png_dir=args.png_dir, tokens=args.tokens)
 
 
 def _edit(args: argparse.Namespace, overrides: list[str]) -> None:
+    from var_jax.image_io import check_output_file
     from var_jax.sample_files import edit_file, parse_box
 
-    settings = _settings(args)
+    _settings(args)  # checked before the models are loaded
     if args.mode == "edit" and args.cls is None:
         raise ValueError("--mode edit regenerates the box with a class: give --class K")
     box = parse_box(args.box)
     if not pathlib.Path(args.image).is_file():
         raise FileNotFoundError(f"no such image: {args.image}")
+    check_output_file(args.out, "--out")
+    if args.tokens:
+        check_output_file(args.tokens, "--tokens")
     vae, var = _load_models(args)
-    edit_file(vae, var, args.image, box, args.out, mode=args.mode, cls=args.cls, seed=args.seed, settings=settings,
-              tokens=args.tokens)
+    edit_file(vae, var, args.image, box, args.out, mode=args.mode, cls=args.cls, seed=args.seed,
+              settings=_settings(args, var.cfg.vocab_size), tokens=args.tokens)
 
 
 def _parity(args: argparse.Namespace, overrides: list[str]) -> int:
@@ -81,10 +109,16 @@ def _parity(args: argparse.Namespace, overrides: list[str]) -> int:
 def _eval(args: argparse.Namespace, overrides: list[str]) -> None:
     import json
     import os
+    import warnings
 
-    from var_jax.eval.evaluate import evaluate_files
-    print(json.dumps(evaluate_files(args.samples, args.ref, args.inception or os.environ.get("VAR_JAX_INCEPTION"),
-                                    batch=args.batch, save_inception=args.save_inception, save_ref=args.save_ref)))
+    from var_jax.eval.evaluate import EvaluationWarning, evaluate_files
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", EvaluationWarning)
+        result = evaluate_files(args.samples, args.ref, args.inception or os.environ.get("VAR_JAX_INCEPTION"),
+                                batch=args.batch, save_inception=args.save_inception, save_ref=args.save_ref)
+    for w in caught:
+        print(f"var-jax eval: warning: {w.message}", file=sys.stderr)
+    print(json.dumps(result))
 
 
 def _scaling_fit(args: argparse.Namespace, overrides: list[str]) -> None:
@@ -122,6 +156,7 @@ def _add_run_args(p: argparse.ArgumentParser, workdir_help: str = RUN_DIR_HELP) 
 
 
 def _add_eval_commands(sub) -> None:
+    from var_jax.eval.inception_weights import PYTORCH_FID_URL
     p = sub.add_parser("eval", help="FID, IS, precision and recall of samples against a reference",
                        description="Evaluate an ADM-format sample file (arr_0: uint8 (N, H, W, 3), as `var-jax sample "
                                    "--num N --npz` writes) against an ADM reference batch "
@@ -131,8 +166,10 @@ def _add_eval_commands(sub) -> None:
     p.add_argument("--samples", required=True, help="sample .npz (arr_0 uint8 NHWC)")
     p.add_argument("--ref", required=True, help="reference .npz (mu/sigma, pool_3 features or arr_0 images) or a "
                                                 "folder of images (resized and centre-cropped to the samples' size)")
-    p.add_argument("--inception", help="Inception weights: pt_inception-2015-12-05-*.pth, a TorchScript .pt (pool "
-                                       "features only, no IS) or a --save-inception .npz (default: $VAR_JAX_INCEPTION)")
+    p.add_argument("--inception", help="Inception weights: pytorch-fid's pt_inception-2015-12-05-6726825d.pth "
+                                       f"(download it once from {PYTORCH_FID_URL}; read without torch), a TorchScript "
+                                       ".pt (pool features only, no IS; needs torch) or a --save-inception .npz "
+                                       "(default: $VAR_JAX_INCEPTION)")
     p.add_argument("--batch", type=int, default=64, help="images per compiled call (default 64)")
     p.add_argument("--save-inception", help="also write the converted weights as .npz (loads without torch)")
     p.add_argument("--save-ref", help="also write the reference's mu, sigma and pool_3 features as .npz for reuse")
@@ -163,9 +200,11 @@ def _add_plan_command(sub) -> None:
     from var_jax import plan
     p = sub.add_parser("plan", help="per-device memory of training and sampling on a mesh, before renting it",
                        description="Compile the VAR train step (and, with --sample-batch, the sampler) for a mesh "
-                                   "on fake CPU devices and print the per-device bytes of parameters, optimizer "
-                                   "state and temporaries from the compiled programs. --config.key=value overrides "
-                                   "the config (e.g. --config.var.remat=full).")
+                                   "on fake CPU devices, or with --topology by the TPU compiler for a TPU slice (no "
+                                   "TPU needed), and print the per-device bytes of parameters, optimizer state and "
+                                   "temporaries from the compiled programs; with --topology also whether it fits, the "
+                                   "model FLOPs and a step-time bound, and one JSON line. --config.key=value "
+                                   "overrides the config (e.g. --config.var.remat=full).")
     plan.build_parser(p)
     p.set_defaults(run=plan.run)
 
@@ -239,12 +278,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_convert)
 
     def sampling_options(p):
-        p.add_argument("--ckpt", required=True, help="var-jax model directory (from `var-jax convert` or training)")
+        p.add_argument("--ckpt", help="var-jax model directory (from `var-jax convert` or training)")
+        p.add_argument("--model", help="a released model, downloaded from the Hugging Face Hub and converted once: "
+                                       "var_d16, var_d20, var_d24, var_d30 (256 px) or var_d36 (512 px)")
         p.add_argument("--cfg", type=float, help="classifier-free guidance at the last scale (default 1.5)")
-        p.add_argument("--top-k", type=int, help="0 = off (default 900)")
+        p.add_argument("--top-k", type=int, help="0 = off (default: 900 of the released 4,096 codes, the same share "
+                                                  "of another codebook, e.g. 112 of 512)")
         p.add_argument("--top-p", type=float, help="0 = off (default 0.96)")
         p.add_argument("--more-smooth", action="store_true", help="Gumbel-softmax smoothing (visualisation only)")
-        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--seed", type=int, default=0, help="the same seed gives the same images (default 0)")
         p.add_argument("--dtype", default=None, help="compute dtype, e.g. bfloat16 on GPU/TPU (default float32)")
 
     p = sub.add_parser("sample", help="class-conditional samples: a labelled grid, or an evaluation .npz",
@@ -253,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "in the ADM evaluation format (arr_0 uint8 NHWC, labels); resumable.")
     sampling_options(p)
     p.add_argument("--classes", help="comma-separated class ids; -1 = unconditional (default: 8 random classes)")
-    p.add_argument("--per-class", type=int, default=4)
+    p.add_argument("--per-class", type=int, default=4, help="images per class (default 4)")
     p.add_argument("--batch", type=int, default=None, help="images per compiled call (default: all at once; 64 with --num)")
     p.add_argument("--out", help="grid PNG")
     p.add_argument("--png-dir", help="also write one PNG per image here")
@@ -268,11 +310,11 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Regenerate part of an image: inpaint (the box, unconditional), outpaint "
                                    "(everything outside the box) or edit (the box, with --class).")
     sampling_options(p)
-    p.add_argument("--image", required=True)
+    p.add_argument("--image", required=True, help="the image to edit (resized and centre-cropped to the model's size)")
     p.add_argument("--box", required=True, help="x0,y0,x1,y1 in pixels of the model-sized image")
     p.add_argument("--mode", choices=("inpaint", "outpaint", "edit"), default="inpaint")
     p.add_argument("--class", dest="cls", type=int, help="class for --mode edit (default: unconditional)")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="the edited image (PNG)")
     p.add_argument("--tokens", help="also write the result's and the image's token maps and the keep mask (.npz)")
     p.set_defaults(run=_edit)
 
@@ -303,6 +345,8 @@ def main(argv: list[str] | None = None) -> int:
     overrides, rest = split_overrides(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(rest)
     try:
+        from var_jax import compile_cache
+        compile_cache.enable()
         code = args.run(args, overrides)
     except (ValueError, KeyError, FileNotFoundError, FileExistsError, ImportError) as e:
         print(f"var-jax {args.command}: error: {e}", file=sys.stderr)

@@ -15,6 +15,7 @@ import pathlib
 
 import ml_collections
 
+from var_jax import official_args
 from var_jax.models.var import VARConfig
 from var_jax.models.vqvae import VQVAEConfig
 
@@ -97,6 +98,7 @@ def var_training() -> ml_collections.ConfigDict:
             "lr": 0.0,             # ... unless this is > 0
             "lr_schedule": "lin0",  # see var_jax.train.optim.lr_schedule;; progressive training uses lin{pg}
             "warmup_epochs": -1.0,  # --wp; < 0: epochs / 50
+            "warmup_iters": -1.0,   # >= 0: the warm-up in steps instead (official wp_it)
             "warmup_start": 0.005,  # --wp0
             "end_lr_ratio": 0.01,   # --wpe
             "wd": 0.05,            # --twd
@@ -105,6 +107,7 @@ def var_training() -> ml_collections.ConfigDict:
             "grad_clip": 2.0,      # --tclip; 0 = off
             "label_smooth": 0.0,   # --ls
             "pg": 0.0, "pg0": 4, "pgwp": -1.0,  # progressive training (off); pgwp < 0: epochs / 300
+            "pgwp_iters": -1.0,    # >= 0: the per-stage warm-up in steps instead (official prog_wp_it)
             "log_every": 100, "ckpt_every": 5000, "keep_checkpoints": 3,
             "max_bad_steps": 20,   # this many non-finite steps in a row stop the run
         },
@@ -122,10 +125,11 @@ def var_training() -> ml_collections.ConfigDict:
 
 def released_recipe(config: ml_collections.ConfigDict, *, batch_size: int, epochs: float, tblr: float,
                     end_lr_ratio: float, wd_end: float = -1.0) -> ml_collections.ConfigDict:
-    """A released model's configuration (:func:`released_var`) with its README recipe."""
+    """A released model's configuration (:func:`released_var`) with its README recipe (the official
+    flags --bs --ep --tblr --wpe --twde, all with --fp16=1)."""
     config.update(var_training())
-    config.train.update(batch_size=batch_size, epochs=float(epochs), tblr=tblr, end_lr_ratio=end_lr_ratio,
-                        wd_end=wd_end)
+    config.train.update(official_args.train_settings(bs=batch_size, ep=epochs, tblr=tblr, wpe=end_lr_ratio,
+                                                     twde=max(wd_end, 0.0), fp16=1))
     return config
 
 

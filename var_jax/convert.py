@@ -1,7 +1,7 @@
 """Official PyTorch state dicts ↔ var-jax models, for any configuration of the official constructors.
 
-The core works on dicts of NumPy arrays keyed exactly as the official ``state_dict()``; torch is
-needed only to read or write ``.pth`` files (``pip install var-jax[convert]``).  Every key is
+The core works on dicts of NumPy arrays keyed exactly as the official ``state_dict()``; ``.pth``
+files are read and written without torch (``var_jax.pth``).  Every key is
 accounted for: parameters are mapped, and buffers are either recomputed and checked
 (``lvl_1L``, ``attn_bias_for_masking``, ``attn.zero_k_bias``) or carried (``ema_vocab_hit_SV``,
 a training statistic, kept only when its number of scales matches, as the official loader does).
@@ -9,12 +9,15 @@ a training statistic, kept only when its number of scales matches, as the offici
 from __future__ import annotations
 
 import dataclasses
+from collections import OrderedDict
 from typing import Callable, Mapping
 
 import jax
 import numpy as np
 from flax import nnx
 
+from var_jax import pth
+from var_jax.config import PATCH_NUMS
 from var_jax.models.state import abstract_model, assign_flat_state, flat_state
 from var_jax.models.var import VAR, VARConfig
 from var_jax.models.vqvae import VQVAE, VQVAEConfig
@@ -248,31 +251,29 @@ def var_to_official(model: VAR) -> dict[str, np.ndarray]:
 
 
 # -- .pth files ------------------------------------------------------------------------------------
-def _torch():
-    try:
-        import torch
-    except ImportError as e:
-        raise ImportError("reading or writing official .pth files needs torch: pip install 'var-jax[convert]' "
-                          "(the CPU build is enough)") from e
-    return torch
+TRAINER_PARTS = ("var_wo_ddp", "vae_local")  # the models of an official trainer checkpoint (ar-ckpt*.pth)
 
 
 def read_pth(path: str, part: str | None = None) -> dict[str, np.ndarray]:
-    """A ``.pth`` file → {name: array}.  Accepts bare state dicts (the released files) and the
-    official trainer checkpoints (``ar-ckpt-*.pth``), from which ``part`` picks ``var_wo_ddp`` or
-    ``vae_local``."""
-    torch = _torch()
-    obj = torch.load(path, map_location="cpu", weights_only=False)
-    if isinstance(obj, dict) and "trainer" in obj and part is not None:
-        obj = obj["trainer"][part]
-    if not isinstance(obj, dict) or not all(hasattr(v, "numpy") for v in obj.values()):
+    """A ``.pth`` file → {name: array}, without torch (arrays are read-only views mapped from the file).
+    Accepts bare state dicts (the released files) and the official trainer checkpoints
+    (``ar-ckpt*.pth``), from which ``part`` picks ``var_wo_ddp`` or ``vae_local``."""
+    obj = pth.load(path)
+    if isinstance(obj, dict) and isinstance(obj.get("trainer"), dict):
+        trainer = obj["trainer"]
+        if part is None or part not in trainer:
+            have = [k for k in TRAINER_PARTS if k in trainer]
+            raise ValueError(f"{path} is an official trainer checkpoint; it holds {have or 'no model'}"
+                             + (f", not {part}" if part else ": say which model to read"))
+        obj = trainer[part]
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, np.ndarray) for v in obj.values()):
         raise ValueError(f"{path} is not a state dict (a mapping of names to tensors)")
-    return {k: v.detach().cpu().numpy() for k, v in obj.items()}
+    return dict(obj)
 
 
 def write_pth(sd: Arrays, path: str) -> None:
-    torch = _torch()
-    torch.save({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sd.items()}, path)
+    """{name: array} → a ``.pth`` state dict that the official code's ``torch.load`` reads (no torch needed)."""
+    pth.save(OrderedDict((k, np.asarray(v)) for k, v in sd.items()), path)
 
 
 # -- configurations read off a state dict ------------------------------------------------------------
@@ -331,3 +332,16 @@ def infer_vae_config(sd: Arrays, v_patch_nums, **overrides) -> VQVAEConfig:
               using_sa=f"encoder.down.{levels - 1}.attn.0.qkv.weight" in sd,
               using_mid_sa="encoder.mid.attn_1.qkv.weight" in sd)
     return VQVAEConfig(**{**kw, **overrides})
+
+
+def models_from_official(vae_sd: Arrays | None, var_sd: Arrays | None, *, vae_cfg: VQVAEConfig | None = None,
+                         var_cfg: VARConfig | None = None, img_size: int = 256) -> tuple[VQVAE | None, VAR | None]:
+    """The models of official state dicts (either may be None); configurations not given are read off
+    the weights (a tokenizer without a VAR takes the released patch schedule of ``img_size``)."""
+    if var_sd is not None and var_cfg is None:
+        var_cfg = infer_var_config(var_sd)
+    if vae_sd is not None and vae_cfg is None:
+        vae_cfg = infer_vae_config(vae_sd, var_cfg.patch_nums if var_cfg else PATCH_NUMS[img_size])
+    vae = vae_from_official(vae_sd, vae_cfg) if vae_sd is not None else None
+    var = var_from_official(var_sd, var_cfg) if var_sd is not None else None
+    return vae, var

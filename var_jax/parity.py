@@ -167,13 +167,15 @@ def main(argv=None) -> int:
     except (OSError, ValueError) as e:
         print(f"cannot read fixture {args.fixture!r}: {e}", file=sys.stderr)
         return 2
+    from var_jax import training_replay
+    training = training_replay.is_training_fixture(fx)
     try:
         with jax.default_matmul_precision("highest"):
-            checks = run_checks(fx)
+            checks = training_replay.replay_checks(fx) if training else run_checks(fx)
     except (KeyError, ValueError) as e:
         print(f"cannot check {args.fixture!r}: {e}", file=sys.stderr)
         return 2
-    print(format_report(checks))
+    print(training_replay.format_report(checks) if training else format_report(checks))
     return 0 if all(c.status == "ok" for c in checks) else 1
 
 

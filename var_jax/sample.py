@@ -19,7 +19,7 @@ from flax import nnx
 
 from var_jax import parallel
 from var_jax.config import check_compatible
-from var_jax.models.var import VAR, attention, block_forward
+from var_jax.models.var import VAR, attention, block_forward, block_modulation, inference_state
 from var_jax.models.vqvae import VQVAE
 from var_jax.ops.resample import resize
 from var_jax.ops.sampling import filter_top_k_top_p, gumbel_softmax, sample_categorical
@@ -45,6 +45,14 @@ class SamplingSettings:
 
 # The official evaluation settings (VAR's README: cfg 1.5, top-k 900, top-p 0.96): `var-jax sample`'s defaults.
 OFFICIAL_SETTINGS = SamplingSettings(cfg=1.5, top_k=900, top_p=0.96)
+RELEASED_VOCAB = 4096
+
+
+def default_settings(vocab_size: int, **given) -> SamplingSettings:
+    """The official settings, with top-k keeping the share of the codebook that 900 keeps of the released
+    4,096 codes (112 of 512), then the settings ``given``: the defaults of ``sample`` and ``var-jax sample``."""
+    top_k = max(1, round(OFFICIAL_SETTINGS.top_k * vocab_size / RELEASED_VOCAB))
+    return dataclasses.replace(OFFICIAL_SETTINGS, **{"top_k": top_k, **given})
 
 
 class SampleResult(NamedTuple):
@@ -54,7 +62,7 @@ class SampleResult(NamedTuple):
 
 
 # -- the traced program ---------------------------------------------------------------------------
-def _cached_blocks(var: VAR, params: dict, x, ada, cache, begin: int, end: int):
+def _cached_blocks(var: VAR, params: dict, x, mods, cache, begin: int, end: int):
     """Run every block on one scale's tokens (positions [begin, end)), attending over positions
     [0, end).  The cache holds every scale but the last (no later scale reads the last one's keys and
     values): this scale's keys and values are written into it when it has room, else appended."""
@@ -63,7 +71,7 @@ def _cached_blocks(var: VAR, params: dict, x, ada, cache, begin: int, end: int):
 
     def body(carry, xs):
         h, ck, cv = carry
-        p, layer = xs
+        p, m, layer = xs
 
         def attend(q, k, v, scale, _key):
             if write:
@@ -77,18 +85,21 @@ def _cached_blocks(var: VAR, params: dict, x, ada, cache, begin: int, end: int):
                 [jax.lax.dynamic_index_in_dim(c, layer, keepdims=False)[:, :begin], new.astype(c.dtype)], axis=1)
             return attention(q, past(ck, k), past(cv, v), scale), (ck, cv)
 
-        h, (ck, cv) = block_forward(p, h, ada, cfg, attend)
+        h, (ck, cv) = block_forward(p, h, None, cfg, attend, mods=m)
         return (h, ck, cv), None
 
-    (x, ck, cv), _ = jax.lax.scan(body, (x, *cache), (params, jnp.arange(cfg.depth)))
+    (x, ck, cv), _ = jax.lax.scan(body, (x, *cache), (params, mods, jnp.arange(cfg.depth)))
     return x, (ck, cv)
 
 
 class Context(NamedTuple):
     """What every scale reads: the class embeddings of the doubled batch (conditional rows, then the
-    null class), the AdaLN input, the level + position embeddings and the stacked block parameters."""
+    null class), every block's AdaLN modulation (depth, 2B, 6, C), the level + position embeddings and
+    the stacked block parameters (without the AdaLN ones: the modulation depends on the class only,
+    so it is computed once here rather than at every scale, which at batch 1 saves reading a third of
+    the weights per scale)."""
     cond: jax.Array
-    ada: jax.Array
+    mods: jax.Array
     lvl_pos: jax.Array
     params: dict
 
@@ -115,7 +126,10 @@ def start(vae: VQVAE, var: VAR, labels: jax.Array, layout: parallel.Layout | Non
         cache = tuple(layout.constrain(c, ("layers", "batch", "seq", "heads", None)) for c in cache)
     side = cfg.patch_nums[-1]
     f_hat = jnp.zeros((B, side, side, vae.cfg.z_channels), jnp.float32)
-    return Context(cond, var.ada_condition(cond), lvl_pos, var.block_params()), Carry(x, cache, f_hat)
+    params, ada = var.block_params(), var.ada_condition(cond)
+    _, mods = jax.lax.scan(lambda _, p: (None, block_modulation(p, ada, cfg)), None, params)
+    params = {k: v for k, v in params.items() if k not in ("ada_lin", "ada_gss")}
+    return Context(cond, mods, lvl_pos, params), Carry(x, cache, f_hat)
 
 
 def scale_step(vae: VQVAE, var: VAR, ctx: Context, carry: Carry, si: int, key: jax.Array,
@@ -127,7 +141,7 @@ def scale_step(vae: VQVAE, var: VAR, ctx: Context, carry: Carry, si: int, key: j
     (begin, end), pn, ratio = begin_ends[si], cfg.patch_nums[si], si / (SN - 1)
     B = carry.f_hat.shape[0]
     codebook = vae.quantize.embedding.embedding[...]
-    x, cache = _cached_blocks(var, ctx.params, carry.x, ctx.ada, carry.cache, begin, end)
+    x, cache = _cached_blocks(var, ctx.params, carry.x, ctx.mods, carry.cache, begin, end)
     logits = var.logits(x, ctx.cond)
     t = settings.cfg * ratio
     guided = (1 + t) * logits[:B] - t * logits[B:]
@@ -205,7 +219,7 @@ class Sampler:
         self.num_classes = var.cfg.num_classes
         self.settings, self.uint8 = settings, uint8
         (g_vae, s_vae), (g_var, s_var) = nnx.split(vae), nnx.split(var)
-        self.graphdefs, self.states = (g_vae, g_var), (s_vae, s_var)
+        self.graphdefs, self.states = (g_vae, g_var), (s_vae, inference_state(s_var, var.cfg))
         self.layout, self.batch_multiple = None, 1
         if mesh is not None:
             self.layout = parallel.Layout.of(mesh, rules)
@@ -230,7 +244,14 @@ class Sampler:
             if not batch:
                 raise ValueError("give labels, or batch= to draw random classes")
             return jax.random.randint(jax.random.fold_in(key, 0x7FFFFFFF), (batch,), 0, self.num_classes)
-        arr = np.asarray(labels, np.int64).reshape(-1)
+        given = np.asarray(labels).reshape(-1)
+        if given.size == 0:
+            raise ValueError("no labels given: pass at least one class id, or labels=None with batch=N for random "
+                             "classes")
+        if not (np.issubdtype(given.dtype, np.integer) or (np.issubdtype(given.dtype, np.number)
+                                                           and np.all(given == np.round(given)))):
+            raise ValueError(f"class ids must be whole numbers, got {labels!r}")
+        arr = given.astype(np.int64)
         bad = arr[(arr < -1) | (arr > self.num_classes)]
         if bad.size:
             raise ValueError(f"class id {int(bad[0])} is out of range: use 0..{self.num_classes - 1}, or -1 / "
@@ -248,7 +269,16 @@ class Sampler:
         return SampleResult(images, tokens, labels)
 
     def lower(self, batch: int, forced=None):
-        """The program for ``batch`` images, lowered (``.compile()`` it to time compilation)."""
+        """The program for ``batch`` images, lowered (``.compile()`` it to time compilation).  Without
+        ``forced`` the inputs are abstract, so the mesh may be of compile-only devices (a TPU topology)."""
+        if forced is None:
+            labels, key = jax.ShapeDtypeStruct((batch,), jnp.int32), jax.eval_shape(lambda: jax.random.key(0))
+            if self.layout is not None:
+                mesh, rules = self.layout.mesh, dict(self.layout.rules)
+                labels = jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=parallel.batch_sharding(mesh, rules, 1))
+                key = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=parallel.replicated(mesh))
+            return _sample_program.lower(self.graphdefs, self.states, labels, key, None, self.settings, self.uint8,
+                                         self.layout)
         labels, key = jnp.zeros((batch,), jnp.int32), jax.random.key(0)
         if self.layout is not None:
             labels, key, forced = self._on_mesh(labels, key, forced)
@@ -258,8 +288,9 @@ class Sampler:
 
 def sample(vae: VQVAE, var: VAR, labels=None, *, seed: int = 0, batch: int | None = None,
            **settings) -> SampleResult:
-    """One-call sampling: ``sample(vae, var, [207, 360], cfg=4, top_k=900, top_p=0.95)``."""
-    return Sampler(vae, var, SamplingSettings(**settings))(labels, seed=seed, batch=batch)
+    """One-call sampling: ``sample(vae, var, [207, 360], cfg=4, top_k=900, top_p=0.95)``; settings not
+    given are :func:`default_settings`."""
+    return Sampler(vae, var, default_settings(var.cfg.vocab_size, **settings))(labels, seed=seed, batch=batch)
 
 
 # -- zero-shot editing ----------------------------------------------------------------------------
@@ -279,6 +310,11 @@ def box_keep_mask(box: Sequence[float], image_size: int, side: int, mode: str) -
     inside = np.zeros((side, side), np.float32)
     grid = lambda v: round(v / image_size * side)
     inside[grid(y0):grid(y1), grid(x0):grid(x1)] = 1
+    if not inside.any():
+        cell = image_size / side
+        raise ValueError(f"the box {tuple(box)} covers no token: tokens are {cell:g}×{cell:g}-pixel cells "
+                         f"({side}×{side} grid) and the box is rounded to their borders; make it cover at least one "
+                         f"whole cell")
     return inside if mode == "outpaint" else 1 - inside
 
 
@@ -303,6 +339,9 @@ def edit(vae: VQVAE, var: VAR, images: jax.Array, keep: np.ndarray, labels=None,
     ``keep`` (last token grid, (side, side) or (B, side, side); see :func:`box_keep_mask`) says so,
     the rest is sampled.  ``labels`` None = unconditional."""
     B = images.shape[0]
+    lo, hi = float(jnp.min(images)), float(jnp.max(images))
+    if lo < -1.01 or hi > 1.01:  # a little slack for resampling overshoot
+        raise ValueError(f"images must be in [-1, 1] (uint8 pixels: x / 127.5 - 1), got values in [{lo:g}, {hi:g}]")
     sampler = Sampler(vae, var, settings, uint8=uint8)
     labels = [-1] * B if labels is None else labels
     tokens = _image_tokens(sampler.graphdefs[0], sampler.states[0], images)

@@ -6,22 +6,30 @@ from __future__ import annotations
 
 import os
 import pathlib
+import sys
 from typing import Sequence
 
 import jax.numpy as jnp
 import numpy as np
+from tqdm import tqdm
 
 from var_jax.data.transforms import load_rgb, resize_center_crop, to_model_range
-from var_jax.image_io import labelled_grid, save_png
+from var_jax.image_io import labelled_grid, save_png, upscale
 from var_jax.sample import Sampler, SamplingSettings, box_keep_mask, edit
 
 
 def parse_classes(text: str | None) -> list[int] | None:
-    """'207,360,387' → [207, 360, 387]; None or '' → None."""
+    """'207,360,387' → [207, 360, 387]; None → None (the default classes); no ids at all is an error."""
+    if text is None:
+        return None
     try:
-        return [int(c) for c in text.split(",") if c.strip()] if text else None
+        classes = [int(c) for c in text.split(",") if c.strip()]
     except ValueError:
-        raise ValueError(f"--classes takes comma-separated class ids, e.g. 207,360,387; got {text!r}") from None
+        classes = []
+    if not classes:
+        raise ValueError(f"--classes takes comma-separated class ids, e.g. 207,360,387 (-1 = unconditional); "
+                         f"got {text!r}")
+    return classes
 
 
 def parse_box(text: str) -> tuple[float, float, float, float]:
@@ -40,21 +48,27 @@ def write_grid(sampler: Sampler, classes: Sequence[int] | None, out: str | os.Pa
                tokens: str | os.PathLike | None = None) -> np.ndarray:
     """``per_class`` samples of each class (default: 8 classes drawn with ``seed``) as a labelled grid
     PNG at ``out``, one row per class; optionally one PNG per image in ``png_dir`` and the token maps
-    in ``tokens`` (.npz).  Chunk i of ``batch`` images uses seed + i.  Returns the images."""
+    in ``tokens`` (.npz).  Chunk i of ``batch`` images uses seed + i.  Small images are drawn enlarged.
+    Class ids are 0..num_classes-1, or -1 for unconditional.  Returns the images."""
     num_classes = sampler.num_classes
-    if classes is None:
-        classes = list(np.random.default_rng(seed).integers(0, num_classes, size=8))
+    if classes is None:  # distinct classes
+        classes = sorted(np.random.default_rng(seed).choice(num_classes, size=min(8, num_classes), replace=False))
+    bad = [c for c in classes if not -1 <= c < num_classes]
+    if bad:
+        raise ValueError(f"--classes: class {bad[0]} is out of range for this model: use 0..{num_classes - 1}, or -1 "
+                         f"for unconditional")
     labels = np.repeat(np.asarray(classes), per_class)
-    sampler.labels(labels, None, None)  # validates class ids before any compute
-    batch = batch or len(labels)
+    batch = min(batch or len(labels), len(labels))
+    print(f"compiling the sampler for batches of {batch} (once per batch size; the first batch waits for it)",
+          file=sys.stderr)
     images, maps = [], []
-    for i in range(0, len(labels), batch):
+    for i in tqdm(range(0, len(labels), batch), desc="sampling", unit="batch"):
         r = sampler(labels[i:i + batch], seed=seed + i)
         images.append(np.asarray(r.images))
         maps.append([np.asarray(t) for t in r.tokens])
     images = np.concatenate(images)
-    rows = [images[i * per_class:(i + 1) * per_class] for i in range(len(classes))]
-    names = ["uncond" if c in (-1, num_classes) else str(c) for c in classes]
+    rows = [upscale(images[i * per_class:(i + 1) * per_class]) for i in range(len(classes))]
+    names = ["uncond" if c == -1 else str(c) for c in classes]
     save_png(labelled_grid(rows, names), out)
     print(f"wrote {out} ({len(labels)} images)")
     if png_dir:
@@ -77,6 +91,8 @@ def edit_file(vae, var, image: str | os.PathLike, box: Sequence[float], out: str
     result's and the image's token maps and the keep mask to ``tokens`` (.npz)."""
     if mode == "edit" and cls is None:
         raise ValueError("--mode edit regenerates the box with a class: give --class K")
+    if cls is not None and not 0 <= cls < var.cfg.num_classes:
+        raise ValueError(f"--class {cls} is out of range for this model: use 0..{var.cfg.num_classes - 1}")
     if not pathlib.Path(image).is_file():
         raise FileNotFoundError(f"no such image: {image}")
     size = vae.cfg.image_size()
@@ -89,6 +105,10 @@ def edit_file(vae, var, image: str | os.PathLike, box: Sequence[float], out: str
     pixels = to_model_range(np.asarray(img))[None]
     keep = box_keep_mask(box, size, var.cfg.patch_nums[-1], mode)
     label = None if cls is None else [cls]
+    kept = {"outpaint": "inside", "inpaint": "outside", "edit": "outside"}[mode]
+    print(f"note: the tokens {kept} the box are the image's own, but the whole image is decoded from tokens, so the "
+          f"kept part is the tokenizer's reconstruction (close to the input, not equal to it)", file=sys.stderr)
+    print("compiling the encoder and the sampler (once per run)...", file=sys.stderr)
     result = edit(vae, var, jnp.asarray(pixels), keep, label, seed=seed, settings=settings or SamplingSettings())
     picture = np.asarray(result.images[0])
     save_png(picture, out)

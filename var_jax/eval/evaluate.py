@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
+import warnings
 
 import jax
 import numpy as np
@@ -77,6 +78,24 @@ def sample_images(path: str | os.PathLike) -> NpzImages:
     return images
 
 
+class EvaluationWarning(UserWarning):
+    """Metrics computed, but from inputs that make them unreliable."""
+
+
+def statistics_warnings(num_samples: int, samples: GaussianStats, reference: GaussianStats) -> list[str]:
+    """Why FID and IS of these inputs should not be trusted (empty when nothing is wrong)."""
+    out = []
+    dim = len(samples.mu)
+    if num_samples < dim:
+        out.append(f"only {num_samples} samples: with fewer than {dim:,} (the feature dimension) their covariance is "
+                   f"singular and FID is biased; the protocol uses 50,000")
+    for what, st in (("sample", samples), ("reference", reference)):
+        if np.trace(st.sigma) <= 1e-6 * max(float(np.sum(st.mu ** 2)), 1e-12):
+            out.append(f"the {what} features are (nearly) all the same (the images are alike or blank): FID and IS "
+                       f"of such a set mean nothing")
+    return out
+
+
 def evaluate(samples: str | os.PathLike, ref: str | os.PathLike, extractor: InceptionFeatures, *,
              save_ref: str | os.PathLike | None = None) -> dict:
     """The metrics of ``samples`` (ADM-format ``.npz``) against ``ref``, as a JSON-ready dict; a metric
@@ -88,8 +107,11 @@ def evaluate(samples: str | os.PathLike, ref: str | os.PathLike, extractor: Ince
     if save_ref:
         save_reference(reference, save_ref)
     pr = (None, None) if reference.features is None else precision_recall(reference.features, feats.pool)
+    stats = gaussian_stats(feats.pool)
+    for message in statistics_warnings(len(images), stats, reference.stats):
+        warnings.warn(message, EvaluationWarning, stacklevel=2)
     return {
-        "FID": frechet_distance(gaussian_stats(feats.pool), reference.stats),
+        "FID": frechet_distance(stats, reference.stats),
         "IS": None if feats.logits is None else inception_score(softmax(feats.logits)),
         "precision": pr[0],
         "recall": pr[1],
@@ -107,11 +129,11 @@ def evaluate_files(samples: str | os.PathLike, ref: str | os.PathLike, inception
     (optionally saved again as ``.npz``), every device of this process on the mesh's data axis
     (``batch`` rounded up to a multiple of their number).  Inputs are checked before the weights are read."""
     from var_jax import parallel
-    from var_jax.eval.inception_weights import load_inception, save_weights
+    from var_jax.eval.inception_weights import PYTORCH_FID_URL, load_inception, save_weights
     if not inception:
-        raise ValueError("give the Inception weights with --inception FILE (or VAR_JAX_INCEPTION=FILE): pytorch-fid's "
-                         "pt_inception-2015-12-05-6726825d.pth, a TorchScript export of the same network, or an .npz "
-                         "written by --save-inception")
+        raise ValueError(f"give the Inception weights with --inception FILE (or VAR_JAX_INCEPTION=FILE): pytorch-fid's "
+                         f"pt_inception-2015-12-05-6726825d.pth ({PYTORCH_FID_URL}; read without torch), a TorchScript "
+                         f"export of the same network, or an .npz written by --save-inception")
     if batch <= 0:
         raise ValueError(f"--batch must be positive, got {batch}")
     sample_images(samples)

@@ -10,7 +10,8 @@
 - ``.npz``: the ``.pth`` state dict saved by ``save_weights`` (official names and layouts, without
   ``fc.bias``), which loads without torch.
 
-Reading ``.pth`` and TorchScript files needs torch (``pip install 'var-jax[convert]'``).
+``.pth`` files (the zip format and the legacy one) are read without torch; TorchScript files need torch
+(``pip install 'var-jax[convert]'``), once: ``save_weights`` keeps a torch-free ``.npz``.
 """
 from __future__ import annotations
 
@@ -22,11 +23,15 @@ from typing import Mapping
 import numpy as np
 from flax import nnx
 
-from var_jax.convert import CheckpointMismatch, Entry, _torch, load_state_dict, read_pth
+from var_jax.convert import CheckpointMismatch, Entry, load_state_dict, read_pth
 from var_jax.eval.inception import InceptionConfig, InceptionV3
 from var_jax.models.state import flat_state
 
 Arrays = Mapping[str, np.ndarray]
+
+# where pytorch-fid publishes its weights file (read without torch)
+PYTORCH_FID_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
+                   "pt_inception-2015-12-05-6726825d.pth")
 
 # a BasicConv variable ↔ the official key suffix
 _BASIC_CONV = {"kernel": "conv.weight", "scale": "bn.weight", "bias": "bn.bias", "mean": "bn.running_mean",
@@ -137,6 +142,15 @@ def torchscript_to_pth_names(sd: Arrays) -> dict[str, np.ndarray]:
 
 
 # -- files -------------------------------------------------------------------------------------------
+def _torch():
+    try:
+        import torch
+    except ImportError as e:
+        raise ImportError("reading a TorchScript file needs torch: pip install 'var-jax[convert]' (the CPU build is "
+                          "enough), or use pytorch-fid's .pth, which reads without torch") from e
+    return torch
+
+
 def _is_torchscript(path: pathlib.Path) -> bool:
     """A TorchScript archive carries its code (``*/code/...``); a ``torch.save`` file does not."""
     if not zipfile.is_zipfile(path):

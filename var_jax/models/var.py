@@ -178,17 +178,26 @@ def attn_scale(cfg: VARConfig) -> float:
     return 1.0 if cfg.attn_l2_norm else 0.25 / math.sqrt(cfg.head_dim)
 
 
-def block_forward(p: dict, x: jax.Array, ada_cond: jax.Array, cfg: VARConfig, attend: Attend, *,
-                  drop_path_rate: jax.Array | float = 0.0, key: jax.Array | None = None):
-    """One AdaLNSelfAttn block → (x, the aux of ``attend``).  ``p`` holds one layer's parameters;
-    ``ada_cond`` is the class embedding (B, D), or with shared AdaLN the shared projection (B, 6, C).
-    ``key`` turns on the training-time randomness (drop-path, dropout)."""
-    dtype = jnp.dtype(cfg.dtype)
-    B, C = x.shape[0], cfg.embed_dim
+def block_modulation(p: dict, ada_cond: jax.Array, cfg: VARConfig) -> jax.Array:
+    """One block's AdaLN modulation (B, 6, C): [γ1, γ2, scale1, scale2, shift1, shift2].  ``ada_cond``
+    is the class embedding (B, D), or with shared AdaLN the shared projection (B, 6, C).  It depends
+    on the class only, so the sampler computes it once for every scale."""
     if cfg.shared_aln:
-        mods = p["ada_gss"][None] + ada_cond
-    else:
-        mods = dense(jax.nn.silu(ada_cond), p["ada_lin"]["kernel"], p["ada_lin"]["bias"], dtype).reshape(B, 6, C)
+        return p["ada_gss"][None] + ada_cond
+    B, C = ada_cond.shape[0], cfg.embed_dim
+    return dense(jax.nn.silu(ada_cond), p["ada_lin"]["kernel"], p["ada_lin"]["bias"],
+                 jnp.dtype(cfg.dtype)).reshape(B, 6, C)
+
+
+def block_forward(p: dict, x: jax.Array, ada_cond: jax.Array, cfg: VARConfig, attend: Attend, *,
+                  drop_path_rate: jax.Array | float = 0.0, key: jax.Array | None = None,
+                  mods: jax.Array | None = None):
+    """One AdaLNSelfAttn block → (x, the aux of ``attend``).  ``p`` holds one layer's parameters;
+    ``ada_cond`` drives :func:`block_modulation`, unless its result ``mods`` is given.  ``key`` turns
+    on the training-time randomness (drop-path, dropout)."""
+    dtype = jnp.dtype(cfg.dtype)
+    if mods is None:
+        mods = block_modulation(p, ada_cond, cfg)
     gamma1, gamma2, scale1, scale2, shift1, shift2 = (mods[:, i, None, :] for i in range(6))
     keys = jax.random.split(key, 5) if key is not None else [None] * 5  # proj, drop-path ×2, ffn, attn
 
@@ -250,6 +259,27 @@ def _remat(fn, policy: str):
     if policy == "full":
         return jax.checkpoint(fn)
     return jax.checkpoint(fn, policy=getattr(jax.checkpoint_policies, policy))
+
+
+# The kernels that every use multiplies in the compute dtype (``dense(..., dtype)``): stored in it
+# for inference they give the same results, read in half the bytes and are not converted at each use.
+COMPUTE_DTYPE_KERNELS = (("blocks", "attn", "mat_qkv"), ("blocks", "attn", "proj", "kernel"),
+                         ("blocks", "ffn", "fc1", "kernel"), ("blocks", "ffn", "fc2", "kernel"),
+                         ("blocks", "ada_lin", "kernel"), ("head", "kernel"))
+
+
+def inference_state(state: nnx.State, cfg: VARConfig) -> nnx.State:
+    """A VAR's parameters for inference: :data:`COMPUTE_DTYPE_KERNELS` in the compute dtype (a no-op in
+    float32).  Not for training, whose optimizer keeps float32 weights."""
+    dtype = jnp.dtype(cfg.dtype)
+    if dtype == jnp.float32:
+        return state
+
+    def cast(path, x):
+        names = tuple(getattr(k, "key", getattr(k, "name", None)) for k in path)
+        return x.astype(dtype) if any(names[:len(p)] == p for p in COMPUTE_DTYPE_KERNELS) else x
+
+    return jax.tree_util.tree_map_with_path(cast, state)
 
 
 class VAR(nnx.Module):

@@ -12,20 +12,31 @@ def filter_top_k_top_p(logits: jax.Array, top_k: int = 0, top_p: float = 0.0) ->
     largest logits whose probability reaches p: ascending, entries whose cumulative probability is
     ≤ 1 - p go, and the most likely token always stays.  Exact ties at the top-p boundary are all
     kept (the official order among equal values is unspecified).
+
+    With top-k only the k largest are selected (``lax.top_k``) rather than the whole row sorted:
+    several times faster on a CPU at k = 900 of 4096.  Logits tied with the k-th beyond the k
+    selected ones are the lowest survivors; top-p counts their mass as a prefix of the ascending order.
     """
     vocab = logits.shape[-1]
     use_k, use_p = 0 < top_k < vocab, top_p > 0
     if not (use_k or use_p):
         return logits
-    ascending = jnp.sort(logits, axis=-1)  # one sort serves both filters
     if use_k:
-        kth = ascending[..., vocab - top_k:vocab - top_k + 1]
+        ascending = jax.lax.top_k(logits, top_k)[0][..., ::-1]
+        # min and max, not one-element slices: XLA turns a slice of a top-k back into a full sort.
+        kth = jnp.min(ascending, axis=-1, keepdims=True)
+        ties_beyond = jnp.sum(logits >= kth, axis=-1, keepdims=True) - top_k
         logits = jnp.where(logits < kth, -jnp.inf, logits)
-        ascending = jnp.where(ascending < kth, -jnp.inf, ascending)  # still ascending: the sorted filtered logits
+    else:
+        ascending, kth, ties_beyond = jnp.sort(logits, axis=-1), None, 0
     if use_p:
-        cum = jnp.cumsum(jax.nn.softmax(ascending, axis=-1), axis=-1)
+        top = jnp.max(ascending, axis=-1, keepdims=True)
+        mass = jnp.exp(ascending - top)
+        prefix = 0.0 if kth is None else ties_beyond * jnp.exp(kth - top)
+        cum = (prefix + jnp.cumsum(mass, axis=-1)) / (prefix + jnp.sum(mass, axis=-1, keepdims=True))
         remove = (cum <= 1 - top_p).at[..., -1].set(False)
-        # The kept entries are a suffix of the ascending order: its first value is the cut-off.
+        # The kept entries are a suffix of the ascending order: its first value is the cut-off (when the
+        # cut falls among the ties beyond the k selected, the first selected value is that same kth).
         first_kept = jnp.argmin(remove, axis=-1)[..., None]
         cutoff = jnp.take_along_axis(ascending, first_kept, axis=-1)
         logits = jnp.where(logits < cutoff, -jnp.inf, logits)

@@ -52,7 +52,7 @@ def lr_schedule(peak: float, total_steps: int, warmup_steps: int = 0, kind: str 
     if not 0 <= warmup_steps < max(total_steps, 1):
         raise ValueError(f"warmup_steps must be in [0, total_steps={total_steps}), got {warmup_steps}")
 
-    def after_warmup(done):
+    def after_warmup(done, rest):
         e = end_ratio
         if kind == "constant":
             return jnp.ones_like(done)
@@ -60,21 +60,24 @@ def lr_schedule(peak: float, total_steps: int, warmup_steps: int = 0, kind: str 
             return e + (1 - e) * (0.5 + 0.5 * jnp.cos(jnp.pi * done))
         if kind in ("lin", "lin0"):
             hold = 0.15 if kind == "lin" else 0.05
-            return jnp.where(done < hold, 1.0, e + (1 - e) * (1 - done) / (1 - hold))
+            return jnp.where(done < hold, 1.0, e + (1 - e) * rest / (1 - hold))
         if kind == "lin00":
-            return e + (1 - e) * (1 - done)
+            return e + (1 - e) * rest
         if kind == "exp":
             hold = 0.15
             return jnp.where(done < hold, 1.0, jnp.exp((done - hold) / (1 - hold) * jnp.log(e)))
         t = threshold  # linT: 1 → mid over [0, T), mid → e over [T, 1]
         mid = (1 + e + (1 - e) * (1 - t)) / 2
-        return jnp.where(done < t, 1 + (mid - 1) * done / t, e + (mid - e) * (1 - done) / (1 - t))
+        return jnp.where(done < t, 1 + (mid - 1) * done / t, e + (mid - e) * rest / (1 - t))
 
     def schedule(step):
         step = jnp.asarray(step, jnp.float32)
         warm = warmup_start + (1 - warmup_start) * step / max(warmup_steps, 1)
-        done = jnp.clip((step - warmup_steps) / max(total_steps - 1 - warmup_steps, 1), 0.0, 1.0)
-        return peak * jnp.where(step < warmup_steps, warm, after_warmup(done))
+        # 1 − done from whole step counts: float32 would cancel in 1 − done near the end of a long run
+        span = max(total_steps - 1 - warmup_steps, 1)
+        done = jnp.clip((step - warmup_steps) / span, 0.0, 1.0)
+        rest = jnp.clip((total_steps - 1 - step) / span, 0.0, 1.0)
+        return peak * jnp.where(step < warmup_steps, warm, after_warmup(done, rest))
     return schedule
 
 
@@ -88,6 +91,16 @@ def wd_schedule(start: float, end: float | None, total_steps: int) -> optax.Sche
     return schedule
 
 
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
+    """Scale the gradients by min(1, max_norm / (‖g‖ + 1e-6)), ‖g‖ their global norm: what the
+    official trainer's ``torch.nn.utils.clip_grad_norm_`` does (optax's own clip has no 1e-6)."""
+    def update(updates, state, params=None):
+        del params
+        scale = jnp.minimum(1.0, max_norm / (optax.tree.norm(updates) + 1e-6))
+        return jax.tree.map(lambda g: g * scale.astype(g.dtype), updates), state
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 def adamw(params, *, lr: optax.Schedule, weight_decay: optax.Schedule, b1: float = 0.9, b2: float = 0.95,
           eps: float = 1e-8, grad_clip: float = 0.0) -> optax.GradientTransformation:
     """AdamW over ``params`` with decay masked by :func:`decay_mask`, after clipping the gradients'
@@ -96,4 +109,4 @@ def adamw(params, *, lr: optax.Schedule, weight_decay: optax.Schedule, b1: float
         raise ValueError(f"grad_clip must be >= 0 (0 turns clipping off), got {grad_clip}")
     tx = optax.inject_hyperparams(optax.adamw, static_args=("mask",))(
         learning_rate=lr, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=decay_mask(params))
-    return optax.chain(optax.clip_by_global_norm(grad_clip), tx) if grad_clip > 0 else tx
+    return optax.chain(clip_by_global_norm(grad_clip), tx) if grad_clip > 0 else tx

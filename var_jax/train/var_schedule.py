@@ -3,7 +3,8 @@
 Lengths are counted in epochs as ``train.py`` does: ``iters_per_epoch = ceil(N / batch)``, the
 run is ``epochs · iters_per_epoch`` steps, the warm-up ``round(wp · iters_per_epoch)`` with
 ``wp = epochs / 50`` unless given, and each progressive stage warms its newest scale up over
-``pgwp · iters_per_epoch`` steps with ``pgwp = epochs / 300`` unless given.
+``pgwp · iters_per_epoch`` steps with ``pgwp = epochs / 300`` unless given (or given in steps:
+``train.warmup_iters`` and ``train.pgwp_iters``, the official ``wp_it`` and ``prog_wp_it``).
 
 Progressive training (``pg > 0``): during the warm-up the model sees the first ``pg0 + 1`` scales,
 from ``pg · total`` steps on all of them, and in between
@@ -29,9 +30,10 @@ class RunLength:
 
     @classmethod
     def of(cls, *, num_images: int, batch_size: int, epochs: float, steps: int = 0, warmup_epochs: float = -1,
-           prog_warmup_epochs: float = -1) -> "RunLength":
+           prog_warmup_epochs: float = -1, warmup_iters: float = -1, prog_warmup_iters: float = -1) -> "RunLength":
         """``steps`` > 0 fixes the length in steps (the epochs follow from it); negative warm-ups
-        take the official defaults epochs/50 and epochs/300."""
+        take the official defaults epochs/50 and epochs/300; ``warmup_iters`` / ``prog_warmup_iters``
+        >= 0 give them in steps instead (the official ``wp_it`` / ``prog_wp_it``)."""
         if num_images < 1:
             raise ValueError("the training set is empty")
         if batch_size < 1:
@@ -45,10 +47,20 @@ class RunLength:
             raise ValueError(f"give train.epochs > 0 or train.steps > 0 (got epochs={epochs}, steps={steps})")
         wp = epochs / 50 if warmup_epochs < 0 else warmup_epochs
         pgwp = epochs / 300 if prog_warmup_epochs < 0 else prog_warmup_epochs
-        warmup = round(wp * iters)
+        wp_it = wp * iters if warmup_iters < 0 else float(warmup_iters)
+        pgwp_it = pgwp * iters if prog_warmup_iters < 0 else float(prog_warmup_iters)
+        warmup = round(wp_it)
         if warmup >= total:
             raise ValueError(f"the warm-up ({warmup} steps) must be shorter than the run ({total} steps)")
-        return cls(iters, max(total, 1), warmup, wp * iters, pgwp * iters, epochs)
+        return cls(iters, max(total, 1), warmup, wp_it, pgwp_it, epochs)
+
+    @classmethod
+    def of_config(cls, train, num_images: int) -> "RunLength":
+        """The length of a run with the ``train`` config section over ``num_images`` images."""
+        return cls.of(num_images=num_images, batch_size=int(train.batch_size), epochs=float(train.epochs),
+                      steps=int(train.steps), warmup_epochs=float(train.warmup_epochs),
+                      prog_warmup_epochs=float(train.pgwp), warmup_iters=float(train.get("warmup_iters", -1)),
+                      prog_warmup_iters=float(train.get("pgwp_iters", -1)))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -41,6 +41,7 @@ from var_jax.train import optim
 from var_jax.train.checkpointing import Checkpointer, local_workdir
 from var_jax.train.loop import NonFiniteLoss, Trainer, counters  # noqa: F401 (NonFiniteLoss: what train_var raises)
 from var_jax.train.metrics import MetricsWriter
+from var_jax.train.step_memory import resolve_auto_remat
 from var_jax.train.var_schedule import Progressive, RunLength
 from var_jax.train.var_step import StepSettings, make_eval_step, make_train_step
 
@@ -266,6 +267,8 @@ class VARTrainer(Trainer):
         """``tokenizer``: the VQVAE of ``config.tokenizer`` when the caller has it loaded already;
         ``programs``: a dict the caller keeps to share compiled programs between trainers of the
         same configuration (see :meth:`TrainProgram.key`)."""
+        # var.remat=auto: the policy whose step fits these devices, decided as `var-jax plan --remat auto` does
+        config = resolve_auto_remat(config)
         self.config = config
         self.workdir = local_workdir(workdir)
         t, ev = config.train, config.eval
@@ -277,9 +280,7 @@ class VARTrainer(Trainer):
         self.checkpointer = Checkpointer(self.workdir / "checkpoints", keep=int(t.keep_checkpoints))
         saved = self.check_resumable()
         self.data = _open_data(config, self.vae_cfg, var_cfg, self.mesh)
-        self.length = RunLength.of(num_images=self.data.num_images, batch_size=int(t.batch_size),
-                                   epochs=float(t.epochs), steps=int(t.steps), warmup_epochs=float(t.warmup_epochs),
-                                   prog_warmup_epochs=float(t.pgwp))
+        self.length = RunLength.of_config(t, self.data.num_images)
         self.total_steps = self.length.total_steps
         self.progressive = Progressive(float(t.pg), int(t.pg0), len(var_cfg.patch_nums), self.length)
         every_eval = int(ev.every) or max(1, round(float(ev.every_epochs) * self.length.iters_per_epoch))

@@ -1,0 +1,108 @@
+"""Planning with the TPU compiler (libtpu, the ``tpu`` extra) for a small slice, no TPU attached, and
+the one function that turns ``var.remat=auto`` into a policy for the planner and the trainer."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import ml_collections
+import pytest
+
+from conftest import tiny_vae_config, tiny_var_config
+from var_jax import plan, tpu_slices
+from var_jax.models import flops
+from var_jax.train import step_memory
+
+
+@pytest.fixture(scope="module")
+def libtpu():
+    """Skip where libtpu is not installed (a plain `make test`), except in CI, which must run these."""
+    if importlib.util.find_spec("libtpu") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI must compile for a TPU topology: install the tpu extra (make test EXTRAS=dev,tpu)")
+        pytest.skip("libtpu is not installed: make test EXTRAS=dev,tpu runs the TPU compiler's tests")
+
+
+def tiny_config() -> ml_collections.ConfigDict:
+    """A tiny VAR whose activations still dominate its step's memory at a large batch (85 tokens,
+    width 128; smaller ones are dominated by the TPU's tile padding, whatever the batch)."""
+    patch_nums = (1, 2, 4, 8)
+    vae = tiny_vae_config(v_patch_nums=patch_nums, ch_mult=(1, 2, 2))
+    var = tiny_var_config(patch_nums=patch_nums, embed_dim=128)
+    return ml_collections.ConfigDict({"img_size": vae.image_size(), "vae": vae.to_dict(), "var": var.to_dict()})
+
+
+SLICE = "v5e:2x2"
+MESH = {"data": 1, "fsdp": -1, "model": 1}
+# Per chip on SLICE (libtpu 0.0.42.1) at batch BIG: 0.96 GiB without rematerialisation, 0.52 GiB
+# keeping the matmuls' outputs (dots_saveable); at SMALL about 1/16 of the first.  BUDGET lies
+# between, a factor of 1.3 or more from each.
+BIG, SMALL = 1024, 64
+BUDGET = 768 << 20
+
+
+def test_topology_names_and_a_clear_error_for_unknown_ones():
+    assert tpu_slices.canonical_name("v5e:4x4")[0] == "v5e:4x4"
+    assert tpu_slices.canonical_name("v5litepod-32")[0] == "v5e:4x8"   # v5e counts chips
+    assert tpu_slices.canonical_name("v5p-128")[0] == "v5p:4x4x4"      # v5p counts TensorCores, 2 a chip
+    assert tpu_slices.canonical_name("v5p-256")[0] == "v5p:4x4x8"
+    assert tpu_slices.canonical_name("v4-8")[0] == "v4:2x2x1"
+    assert tpu_slices.canonical_name("v6e-256")[0] == "v6e:16x16"
+    with pytest.raises(ValueError, match=r"generation one of \['v4', 'v5e', 'v5p', 'v6e'\].*v5e:4x4"):
+        tpu_slices.canonical_name("v7x:2x2")
+    with pytest.raises(ValueError, match="v5p slices have 3-D shapes"):
+        tpu_slices.canonical_name("v5p:4x4")
+
+
+@pytest.mark.slow
+def test_tiny_train_step_compiles_for_a_v5e_slice_and_auto_keeps_all_activations(libtpu):
+    config = tiny_config()
+    r = plan.plan_tpu(config, SLICE, MESH, SMALL, sample_batch=8, remat="auto", memory_bytes=BUDGET)
+    assert (r["topology"], r["device_kind"], r["chips"], r["mesh"]["fsdp"]) == ("v5e:2x2", "TPU v5 lite", 4, 4)
+    assert r["hbm_bytes"] == int(15.75 * 2**30) and r["memory_budget_bytes"] == BUDGET
+    assert r["fits"] and r["remat"] == "none" and [t["remat"] for t in r["tried"]] == ["none"]
+    # float32 parameters, FSDP over 4 chips: every chip holds between a quarter and all of them
+    # (vectors too short to split stay whole); AdamW keeps two moments per parameter, plus a step count.
+    whole = 4 * r["param_count"]
+    assert whole / 4 <= r["params_bytes"] < whole
+    assert 2 * r["params_bytes"] <= r["optimizer_bytes"] <= 2 * r["params_bytes"] + 64
+    assert r["params_bytes"] + r["optimizer_bytes"] + r["temporaries_bytes"] <= r["total_bytes"] <= BUDGET
+    var_cfg = tiny_var_config(patch_nums=(1, 2, 4, 8), embed_dim=128)
+    assert r["model_flops"] == pytest.approx(flops.train_flops_per_image(var_cfg) * SMALL)
+    assert r["step_time_bound_s"] == pytest.approx(r["model_flops"] / (4 * 197e12))
+    # The sampler holds the VAR's parameters (and the tokenizer's) and its KV cache.
+    sampler = r["sampler"]
+    assert sampler["fits"] and sampler["arguments"] >= r["params_bytes"] and sampler["temporaries"] > 0
+
+
+@pytest.mark.slow
+def test_plan_command_auto_recomputes_at_a_larger_batch(libtpu, tmp_path):
+    """`var-jax plan --topology ... --remat auto`: no rematerialisation does not fit the larger
+    batch (an answer, not an error), a checkpoint policy does."""
+    path = tmp_path / "tiny.py"
+    path.write_text("import ml_collections\n"
+                    f"def get_config():\n    return ml_collections.ConfigDict({tiny_config().to_dict()!r})\n")
+    proc = subprocess.run([sys.executable, "-m", "var_jax.plan", "--config", str(path), "--topology", "v5litepod-4",
+                           "--mesh", "fsdp=-1", "--batch", str(BIG), "--remat", "auto",
+                           "--memory-gib", str(BUDGET / 2**30)], capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert (r["topology"], r["fits"], r["remat"]) == ("v5e:2x2", True, "dots_saveable")
+    assert [t["remat"] for t in r["tried"]] == ["none", "dots_saveable"] == list(step_memory.REMAT_ORDER[:2])
+    assert not r["tried"][0]["fits"] and r["tried"][0]["total_bytes"] > BUDGET >= r["total_bytes"]
+    assert f"fits with remat {r['remat']}" in proc.stdout
+    bad = subprocess.run([sys.executable, "-m", "var_jax.plan", "--config", str(path), "--topology", "v9:2x2",
+                          "--mesh", "fsdp=-1", "--batch", "8"], capture_output=True, text=True, timeout=1800)
+    assert bad.returncode == 2 and "unknown TPU topology 'v9:2x2'" in bad.stderr
+
+
+def test_trainer_resolves_auto_only_where_devices_report_their_memory(capsys):
+    config = tiny_config()
+    assert step_memory.resolve_auto_remat(config) is config  # remat=none: nothing to decide
+    config.var.remat = "auto"
+    resolved = step_memory.resolve_auto_remat(config)  # CPU devices report no memory limit
+    assert resolved.var.remat == "none" and config.var.remat == "auto"
+    assert "report no memory limit" in capsys.readouterr().out
