@@ -208,8 +208,8 @@ def training_curves(tokenizer_log: pathlib.Path, var_log: pathlib.Path, path: pa
 def feature_distances(judge: Judge, sample_features: np.ndarray, heldout_images: np.ndarray,
                       train_images: np.ndarray, seed: int = 0) -> dict:
     """FID and precision/recall (var_jax.eval.metrics) of the samples against the held-out real
-    images, in the judge's hidden-layer feature space rather than Inception's, so only comparable
-    between runs of this demo.  The judge was trained on those held-out images, which pulls their
+    images, in the judge's hidden-layer feature space rather than Inception's, so comparable only
+    within one run (each run trains its own judge).  The judge was trained on those held-out images, which pulls their
     features together: the same figures for as many real training images, which the judge never
     saw, are what real digits reach in this space (the floor)."""
     from var_jax.eval.metrics import frechet_distance, gaussian_stats, precision_recall
@@ -223,7 +223,7 @@ def feature_distances(judge: Judge, sample_features: np.ndarray, heldout_images:
         return {"fid": fid, "precision": precision, "recall": recall}
 
     return {"space": f"the judge's hidden layer ({SmallCNN.FEATURES} features), not Inception's: a relative measure, "
-                     f"comparable only between runs of this demo",
+                     f"comparable with the real images' figures below (each run trains its own judge)",
             "reference": f"the {len(reference)} held-out real images",
             "samples": against_reference(sample_features),
             f"real_training_images_{len(pick)}": against_reference(real_features)}

@@ -301,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(rest)
     try:
         run(args, overrides)
-    except (ValueError, KeyError, FileNotFoundError, RuntimeError) as e:
+    except (ValueError, KeyError, FileNotFoundError, RuntimeError, ImportError) as e:
         print(f"var-jax plan: error: {e}", file=sys.stderr)
         return 2
     return 0

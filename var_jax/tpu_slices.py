@@ -98,7 +98,7 @@ def compile_only_slice(name: str) -> Slice:
     try:
         import libtpu  # noqa: F401
     except ImportError as e:
-        raise RuntimeError("compiling for a TPU topology needs libtpu: pip install 'var-jax[tpu]'") from e
+        raise ImportError("compiling for a TPU topology needs libtpu: pip install 'var-jax[tpu]'") from e
     from jax.experimental import topologies
     # libtpu starts by looking for the TPU it runs on (and warns at length when there is none); the
     # slice compiled for is the one to describe (the topology itself is given explicitly below).
