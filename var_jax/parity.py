@@ -145,16 +145,17 @@ def _greedy_sample(fx, vae, var, cfg):
     return Sampler(vae, var, settings, uint8=False)(fx["sample/labels"])
 
 
-def format_report(checks: list[Check]) -> str:
+def format_report(checks: list[Check], rule: str = f"indices must be equal, floats within {FLOAT_TOL:g}",
+                  error: str = "max_abs_err") -> str:
+    """One line per check, then the counts and the ``rule`` the tolerances follow."""
     width = max(len(c.name) for c in checks)
-    lines = [f"{'check':<{width}}  {'max_abs_err':>12}  {'tol':>7}  status"]
+    lines = [f"{'check':<{width}}  {error:>12}  {'tol':>7}  status"]
     for c in checks:
         err = "-" if c.error is None else f"{c.error:12.3e}"
         note = f"  ({c.note})" if c.note else ""
         lines.append(f"{c.name:<{width}}  {err:>12}  {c.tol:7.0e}  {c.status}{note}")
     counts = {s: sum(c.status == s for c in checks) for s in ("ok", "FAIL", "missing")}
-    lines.append(f"{counts['ok']} ok, {counts['FAIL']} FAIL, {counts['missing']} missing "
-                 f"(of {len(checks)} checks; indices must be equal, floats within {FLOAT_TOL:g})")
+    lines.append(f"{counts['ok']} ok, {counts['FAIL']} FAIL, {counts['missing']} missing (of {len(checks)} checks; {rule})")
     return "\n".join(lines)
 
 

@@ -34,7 +34,7 @@ from var_jax.config import model_configs
 from var_jax.convert import var_buffers, var_entries, var_from_official, var_to_official, vae_from_official
 from var_jax.models.state import abstract_model
 from var_jax.models.var import VAR
-from var_jax.parity import Check, configs_from_fixture
+from var_jax.parity import Check, configs_from_fixture, format_report as parity_report
 
 SCHEDULE_TOL = 1e-6   # lr, wd: relative
 STEP_TOL = 1e-4       # loss, grad_norm: relative
@@ -248,14 +248,6 @@ def replay_checks(fx, train_overrides: Mapping[str, object] | None = None) -> li
 
 
 def format_report(checks: list[Check]) -> str:
-    width = max(len(c.name) for c in checks)
-    lines = [f"{'check':<{width}}  {'error':>10}  {'tol':>7}  status"]
-    for c in checks:
-        err = "-" if c.error is None else f"{c.error:10.3e}"
-        note = f"  ({c.note})" if c.note else ""
-        lines.append(f"{c.name:<{width}}  {err:>10}  {c.tol:7.0e}  {c.status}{note}")
-    counts = {s: sum(c.status == s for c in checks) for s in ("ok", "FAIL", "missing")}
-    lines.append(f"{counts['ok']} ok, {counts['FAIL']} FAIL, {counts['missing']} missing (of {len(checks)} checks; "
-                 f"lr, wd within {SCHEDULE_TOL:g} and loss, grad_norm within {STEP_TOL:g} relative; parameters within "
-                 f"{PARAM_TOL:g} of their movement + 1 ulp; stages, tokens and the no-decay set equal)")
-    return "\n".join(lines)
+    return parity_report(checks, f"lr, wd within {SCHEDULE_TOL:g} and loss, grad_norm within {STEP_TOL:g} relative; "
+                                 f"parameters within {PARAM_TOL:g} of their movement + 1 ulp; stages, tokens and the "
+                                 "no-decay set equal", error="error")
