@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import signal
 import types
 
 # The test models are tiny, so the suite's time goes into compiling.  Programs are cached on disk
@@ -135,6 +136,23 @@ def assert_same_params(a, b) -> None:
 def param_count(model) -> int:
     """Number of parameters (not statistics) of a concrete or abstract model."""
     return sum(int(np.prod(v.shape)) for v in flat_state(model, nnx.Param).values())
+
+
+class SignalAfter:
+    """A trainer's batch iterator that sends this process ``signum`` as it hands out batch ``n``: a
+    scheduler's SIGTERM, or a Ctrl-C, arriving while the input pipeline reads step ``n``'s batch."""
+
+    def __init__(self, batches, n: int, signum: int = signal.SIGTERM):
+        self.batches, self.n, self.signum, self.fetched = batches, n, signum, 0
+
+    def __next__(self):
+        self.fetched += 1
+        if self.fetched == self.n:
+            os.kill(os.getpid(), self.signum)
+        return next(self.batches)
+
+    def get_state(self):
+        return self.batches.get_state()
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,6 @@ on the embedded digits (the discriminator switching on, the loss going down, res
 to the sampler and to the official state-dict format, bad configurations)."""
 from __future__ import annotations
 
-import os
 import pickle
 import shutil
 import signal
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from conftest import SignalAfter
 from var_jax import convert, objectives
 from var_jax.checkpoint import load_pretrained
 from var_jax.config import load_config, tokenizer_training
@@ -371,19 +371,7 @@ def small_run(workdir, **train):
 
 def test_tokenizer_sigterm_saves_a_checkpoint_and_resumes(tmp_path):
     trainer = small_run(tmp_path / "run", ckpt_every=100)
-    batches, fetched = trainer.batches, []
-
-    class SignalAfterThree:  # the scheduler's SIGTERM arrives while the 3rd step runs
-        def __next__(self):
-            fetched.append(1)
-            if len(fetched) == 3:
-                os.kill(os.getpid(), signal.SIGTERM)
-            return next(batches)
-
-        def get_state(self):
-            return batches.get_state()
-
-    trainer.batches = SignalAfterThree()
+    trainer.batches = SignalAfter(trainer.batches, 3)
     assert trainer.train() == {"step": 3, "stopped_by": "SIGTERM", "eval": {}}
     assert Checkpointer(tmp_path / "run" / "checkpoints").latest_step() == 3
     assert not (tmp_path / "run" / "tokenizer").exists()

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from conftest import SignalAfter
 from var_jax import convert
 from var_jax.checkpoint import save_pretrained
 from var_jax.data import pipeline
@@ -261,19 +262,7 @@ def test_stop_and_resume_is_bit_identical_to_an_uninterrupted_run(assets, tmp_pa
 
 def test_sigterm_saves_a_checkpoint_and_returns(assets, tmp_path):
     trainer = trainer_for(assets, tmp_path / "run", ckpt_every=100)
-    batches, fetched = trainer.data.batches, []
-
-    class SignalAfterThree:  # the scheduler's SIGTERM arrives while the 3rd step runs
-        def __next__(self):
-            fetched.append(1)
-            if len(fetched) == 3:
-                os.kill(os.getpid(), signal.SIGTERM)
-            return next(batches)
-
-        def get_state(self):
-            return batches.get_state()
-
-    trainer.data.batches = SignalAfterThree()
+    trainer.data.batches = SignalAfter(trainer.data.batches, 3)
     result = trainer.train()
     assert result == {"step": 3, "stopped_by": "SIGTERM", "val": {}}
     assert Checkpointer(tmp_path / "run" / "checkpoints").latest_step() == 3
@@ -339,19 +328,7 @@ def test_consecutive_nonfinite_steps_stop_the_run_and_keep_the_last_checkpoint(a
 
 def test_ctrl_c_saves_a_checkpoint_and_returns(assets, tmp_path):
     trainer = trainer_for(assets, tmp_path / "run", ckpt_every=100)
-    batches, fetched = trainer.data.batches, []
-
-    class CtrlCAfterTwo:  # Ctrl-C while the 2nd step's batch is read (inside the input pipeline)
-        def __next__(self):
-            fetched.append(1)
-            if len(fetched) == 2:
-                os.kill(os.getpid(), signal.SIGINT)
-            return next(batches)
-
-        def get_state(self):
-            return batches.get_state()
-
-    trainer.data.batches = CtrlCAfterTwo()
+    trainer.data.batches = SignalAfter(trainer.data.batches, 2, signal.SIGINT)  # Ctrl-C in the input pipeline
     before = signal.getsignal(signal.SIGINT)
     assert trainer.train() == {"step": 2, "stopped_by": "SIGINT", "val": {}}
     assert Checkpointer(tmp_path / "run" / "checkpoints").latest_step() == 2
