@@ -1,7 +1,5 @@
 """``var_jax.parity``: every output of the official code recorded in the fixture, recomputed by var-jax."""
 import re
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -58,13 +56,12 @@ def _report_lines(stdout: str) -> dict[str, str]:
     return out
 
 
-def test_command_line_report(checks, fixture_path):
-    proc = subprocess.run([sys.executable, "-m", "var_jax.parity", str(fixture_path)],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    lines = proc.stdout.strip().splitlines()
+def test_command_line_report(checks, fixture_path, capsys):
+    assert parity.main([str(fixture_path)]) == 0  # python -m var_jax.parity FIXTURE
+    stdout = capsys.readouterr().out
+    lines = stdout.strip().splitlines()
     assert lines[0].split() == ["check", "max_abs_err", "tol", "status"]
-    assert _report_lines(proc.stdout) == {c.name: "ok" for c in checks}
+    assert _report_lines(stdout) == {c.name: "ok" for c in checks}
     assert re.fullmatch(rf"{len(checks)} ok, 0 FAIL, 0 missing \(of {len(checks)} checks; .*\)", lines[-1]), lines[-1]
 
 

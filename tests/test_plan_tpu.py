@@ -5,8 +5,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import subprocess
-import sys
 
 import ml_collections
 import pytest
@@ -79,24 +77,23 @@ def test_tiny_train_step_compiles_for_a_v5e_slice_and_auto_keeps_all_activations
 
 
 @pytest.mark.slow
-def test_plan_command_auto_recomputes_at_a_larger_batch(libtpu, tmp_path):
+def test_plan_command_auto_recomputes_at_a_larger_batch(libtpu, tmp_path, capsys):
     """`var-jax plan --topology ... --remat auto`: no rematerialisation does not fit the larger
     batch (an answer, not an error), a checkpoint policy does."""
     path = tmp_path / "tiny.py"
     path.write_text("import ml_collections\n"
                     f"def get_config():\n    return ml_collections.ConfigDict({tiny_config().to_dict()!r})\n")
-    proc = subprocess.run([sys.executable, "-m", "var_jax.plan", "--config", str(path), "--topology", "v5litepod-4",
-                           "--mesh", "fsdp=-1", "--batch", str(BIG), "--remat", "auto",
-                           "--memory-gib", str(BUDGET / 2**30)], capture_output=True, text=True, timeout=1800)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    args = ["--config", str(path), "--mesh", "fsdp=-1"]
+    assert plan.main([*args, "--topology", "v5litepod-4", "--batch", str(BIG), "--remat", "auto",
+                      "--memory-gib", str(BUDGET / 2**30)]) == 0
+    printed = capsys.readouterr().out
+    r = json.loads(printed.strip().splitlines()[-1])
     assert (r["topology"], r["fits"], r["remat"]) == ("v5e:2x2", True, "dots_saveable")
     assert [t["remat"] for t in r["tried"]] == ["none", "dots_saveable"] == list(step_memory.REMAT_ORDER[:2])
     assert not r["tried"][0]["fits"] and r["tried"][0]["total_bytes"] > BUDGET >= r["total_bytes"]
-    assert f"fits with remat {r['remat']}" in proc.stdout
-    bad = subprocess.run([sys.executable, "-m", "var_jax.plan", "--config", str(path), "--topology", "v9:2x2",
-                          "--mesh", "fsdp=-1", "--batch", "8"], capture_output=True, text=True, timeout=1800)
-    assert bad.returncode == 2 and "unknown TPU topology 'v9:2x2'" in bad.stderr
+    assert f"fits with remat {r['remat']}" in printed
+    assert plan.main([*args, "--topology", "v9:2x2", "--batch", "8"]) == 2
+    assert "unknown TPU topology 'v9:2x2'" in capsys.readouterr().err
 
 
 def test_trainer_resolves_auto_only_where_devices_report_their_memory(capsys):
