@@ -361,8 +361,9 @@ def main(argv: list[str] | None = None) -> int:
     overrides, rest = split_overrides(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(rest)
     try:
-        from var_jax import compile_cache
-        compile_cache.enable()
+        if not getattr(args, "topology", None):  # a program compiled for an absent TPU cannot be loaded back
+            from var_jax import compile_cache
+            compile_cache.enable()
         code = args.run(args, overrides)
     except (ValueError, KeyError, FileNotFoundError, FileExistsError, ImportError) as e:
         print(f"var-jax {args.command}: error: {e}", file=sys.stderr)
