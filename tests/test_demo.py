@@ -8,7 +8,8 @@ import pathlib
 import numpy as np
 from flax import nnx
 
-from var_jax.demo import Judge, SmallCNN, decode_every_scale, feature_distances, last_validation, output_dir
+from var_jax.demo import (SWEEP_SEED, Judge, SmallCNN, decode_every_scale, feature_distances, last_validation,
+                          output_dir, selector_agreements)
 from var_jax.models.state import init_model
 from var_jax.models.var import VAR
 from var_jax.models.vqvae import VQVAE
@@ -24,6 +25,25 @@ def test_pyramid_ends_in_the_sampled_image(tiny_vae, tiny_var):
     # Another program accumulates f̂ in another order: at most one uint8 step apart (measured: 0).
     assert np.abs(pyramid[-1].astype(int) - np.asarray(result.images, int)).max() <= 1
     assert not np.array_equal(pyramid[0], pyramid[-1])  # the coarse scales are a different, blurrier image
+
+
+def test_selector_agreements_sample_every_setting_with_the_sweep_seeds(tiny_vae, tiny_var):
+    vae = init_model(VQVAE, tiny_vae(), seed=0)
+    var = init_model(VAR, tiny_var(patch_nums=(1, 2, 4), init_adaln_gamma=0.5, init_head=1.0), seed=1)
+    labels = np.array([0, 1, 2, 3, 4, 0], np.int32)
+    seen = []
+
+    def selector(images):  # a deterministic stand-in for the CNN: a class from the first pixel
+        seen.append(images)
+        return images[:, 0, 0, 0].astype(int) % 5
+
+    rows = selector_agreements(vae, var, selector, (0.0, 3.0), (0.8, 0.0), labels, seed=2)
+    assert [(r["cfg"], r["top_p"]) for r in rows] == [(0.0, 0.8), (0.0, 0.0), (3.0, 0.8), (3.0, 0.0)]
+    for row, images in zip(rows, seen):
+        settings = SamplingSettings(cfg=row["cfg"], top_p=row["top_p"])
+        np.testing.assert_array_equal(images, Sampler(vae, var, settings)(labels, seed=SWEEP_SEED + 2).images)
+        assert row["selector_agreement"] == np.mean(images[:, 0, 0, 0].astype(int) % 5 == labels)
+    assert not all(np.array_equal(seen[0], other) for other in seen[1:])  # the settings change the samples
 
 
 def test_feature_distances_of_the_reference_itself_are_perfect():

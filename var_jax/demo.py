@@ -244,31 +244,81 @@ def decode_every_scale(vae, tokens: Sequence[np.ndarray]) -> list[np.ndarray]:
 
 
 # -- the whole demo ----------------------------------------------------------------------------------------
+def train_models(config, out: pathlib.Path, stages: Stopwatch):
+    """Stages 1–3: the tokenizer, the token maps and the VAR (each resumes) → (tokenizer, VAR trainer,
+    the two-stage timings)."""
+    from var_jax.train.var_trainer import VARTrainer, check_config
+    from var_jax.two_stage import tokenizer_and_tokens
+
+    check_config(config)  # a bad demo config fails before the tokenizer trains
+    stages.start()
+    vae, two_stage_s = tokenizer_and_tokens(config, out, tokenizer_config=config.demo.tokenizer_config,
+                                            tokenizer_overrides=[f"train.seed={int(config.train.seed)}"],
+                                            crops=int(config.demo.crops))
+    stages.stop("tokenizer_and_tokens")
+    stages.start()
+    trainer = VARTrainer(config, out / "var_run", tokenizer=vae)
+    trainer.train()
+    stages.stop("var")
+    return vae, trainer, two_stage_s
+
+
+def choose_sampling(config, out: str | pathlib.Path, cfgs: Sequence[float], top_ps: Sequence[float],
+                    per_class: int) -> list[dict]:
+    """The class agreement of every guidance × top-p, as a *selector* sees it: the judge's CNN, trained
+    instead on the real training images (which the judge never sees), on samples drawn with other seeds
+    than the measurement's.  The demo config's settings are chosen from this table, so the judge that
+    reports the demo's agreement takes no part in choosing them.  Trains the run's models first (or
+    resumes them); the run's measurement is left as it is."""
+    from var_jax.data import embedded
+
+    vae, trainer, _ = train_models(config, pathlib.Path(out), Stopwatch())
+    var, seed, name = trainer.var_model(), int(config.train.seed), config.data.name
+    reals, heldout = embedded.load(name, "train"), embedded.load(name, "heldout")
+    selector = train_judge(reals.images, reals.labels, heldout.images, heldout.labels,
+                           num_classes=var.cfg.num_classes, steps=int(config.demo.classifier_steps), seed=seed)
+    labels = np.repeat(np.arange(var.cfg.num_classes), per_class).astype(np.int32)
+    return selector_agreements(vae, var, lambda images: selector(images)[0], cfgs, top_ps, labels, seed=seed)
+
+
+def selector_agreements(vae, var, selector, cfgs: Sequence[float], top_ps: Sequence[float], labels: np.ndarray, *,
+                        seed: int) -> list[dict]:
+    """For each guidance × top-p (top-k off), the fraction of ``labels``' samples (drawn from seed
+    SWEEP_SEED + ``seed``) that ``selector`` (uint8 images → classes) gives the class asked for; each
+    row is printed as it is measured."""
+    from var_jax.sample import SamplingSettings, Sampler
+
+    rows = []
+    for cfg in cfgs:
+        for top_p in top_ps:
+            sampler = Sampler(vae, var, SamplingSettings(cfg=float(cfg), top_k=0, top_p=float(top_p)))
+            images = np.asarray(sampler(labels, seed=SWEEP_SEED + seed).images)
+            rows.append({"cfg": float(cfg), "top_p": float(top_p),
+                         "selector_agreement": float(np.mean(selector(images) == labels))})
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+# choose_sampling: the guidance and top-p values tried (top-p 0 = off), samples per class for each,
+# and the seed its samples start from (the measurement's start from the run's seed).
+SWEEP_GRID = ((2.0, 3.0, 4.0, 6.0, 8.0), (0.8, 0.9, 0.0))
+SWEEP_PER_CLASS = 30
+SWEEP_SEED = 1_000_000
+
+
 def run(config, out: str | pathlib.Path) -> dict:
     from var_jax.data import embedded
     from var_jax.image_io import labelled_grid, save_png
     from var_jax.objectives import scale_names
     from var_jax.sample import SamplingSettings, Sampler, box_keep_mask, edit
-    from var_jax.train.var_trainer import VARTrainer, check_config
-    from var_jax.two_stage import TOKENIZER_RUN, tokenizer_and_tokens
+    from var_jax.two_stage import TOKENIZER_RUN
 
     out = pathlib.Path(out)
     demo = config.demo
-    check_config(config)  # a bad demo config fails before the tokenizer trains
     stages = Stopwatch()
-
-    stages.start()
-    vae, two_stage_s = tokenizer_and_tokens(config, out, tokenizer_config=demo.tokenizer_config,
-                                            tokenizer_overrides=[f"train.seed={int(config.train.seed)}"],
-                                            crops=int(demo.crops))
-    stages.stop("tokenizer_and_tokens")
-    tokenizer_run, name = out / TOKENIZER_RUN, config.data.name
-
-    stages.start()
-    trainer = VARTrainer(config, out / "var_run", tokenizer=vae)
-    trainer.train()
+    vae, trainer, two_stage_s = train_models(config, out, stages)
     var = trainer.var_model()
-    stages.stop("var")
+    tokenizer_run, name = out / TOKENIZER_RUN, config.data.name
 
     stages.start()
     num_classes = var.cfg.num_classes
@@ -362,6 +412,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=None,
                         help="seed of the whole run: both models' initialisation and data order, the crops, the "
                              "samples and the judge (default: the config's train.seed, 0)")
+    parser.add_argument("--choose-sampling", action="store_true",
+                        help="instead of measuring, print the selector's agreement for every guidance × top-p of "
+                             "SWEEP_GRID (see choose_sampling): how the config's sampling settings were chosen")
     args = parser.parse_args(rest)
     try:
         config = load_config(args.config, overrides)
@@ -376,6 +429,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"--seed must be a whole number ≥ 0, got {args.seed}")
         config.train.seed = args.seed
     out = output_dir(args.config, int(config.train.seed), args.out)
+    if args.choose_sampling:
+        rows = choose_sampling(config, out, *SWEEP_GRID, per_class=SWEEP_PER_CLASS)
+        best = max(rows, key=lambda r: r["selector_agreement"])
+        print(f"highest selector agreement {best['selector_agreement']:.3f} at cfg {best['cfg']:g}, top-p {best['top_p']:g}")
+        return 0
     metrics = run(config, out)
     summary = {k: metrics[k] for k in ("class_agreement", "goal", "goal_met", "judge_accuracy_on_real_images")}
     summary["judge_features"] = {k: v for k, v in metrics["judge_features"].items() if isinstance(v, dict)}
