@@ -15,7 +15,7 @@ def get_config():
     config.train.update(steps=800, batch_size=16, compute_dtype="float32", lr=2e-3, warmup_epochs=0.2,
                         end_lr_ratio=0.1, log_every=50, ckpt_every=400, keep_checkpoints=1)
     config.eval.update(every=800, num_images=256, batch_size=64, sample_every=-1, sample_classes=list(range(10)),
-                       sample_per_class=8, sample_cfg=6.0, sample_top_k=0, sample_top_p=0.8)
+                       sample_per_class=8, sample_cfg=4.0, sample_top_k=0, sample_top_p=0.9)
     config.demo = {
         "tokenizer_config": TOKENIZER_CONFIG,
         "crops": 1,                # random crops tokenized per training image (each is seen under 3 times)
