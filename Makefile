@@ -19,9 +19,11 @@ $(STAMP): setup.py
 
 install: $(STAMP)
 
-# Test files run in parallel processes (most of a test's time is XLA compiling, one core each).
+# Test files run in parallel processes (most of a test's time is XLA compiling, one core each); all
+# of a file's tests run in one process, so its shared fixtures (a trained run, a compiled replay) are
+# built once, not once per process.
 test: $(STAMP)
-	$(PY) -m pytest -q -n auto --maxprocesses 4 tests
+	$(PY) -m pytest -q -n auto --maxprocesses 4 --dist loadfile tests
 
 demo: $(STAMP)
 	$(PY) -m var_jax.demo
