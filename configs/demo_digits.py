@@ -27,6 +27,7 @@ def get_config():
         # standard errors of each other), top-p off → 0.96–0.98, cfg 8 → 0.95–0.97; the highest, with
         # the least guidance on a tie, is this one.
         "cfg": 4.0, "top_k": 0, "top_p": 0.9,
+        "sample_dtype": "float32",  # compute dtype of sampling and in-painting (bfloat16: what it costs)
         "classifier_steps": 400,   # the judge: a small CNN trained on the held-out real images
         "goal": 0.95,              # fraction of samples the judge labels as the class asked for
     }

@@ -307,6 +307,7 @@ SWEEP_SEED = 1_000_000
 
 
 def run(config, out: str | pathlib.Path) -> dict:
+    from var_jax.checkpoint import load_pretrained
     from var_jax.data import embedded
     from var_jax.image_io import labelled_grid, save_png
     from var_jax.objectives import scale_names
@@ -317,7 +318,10 @@ def run(config, out: str | pathlib.Path) -> dict:
     demo = config.demo
     stages = Stopwatch()
     vae, trainer, two_stage_s = train_models(config, out, stages)
-    var = trainer.var_model()
+    dtype = str(demo.get("sample_dtype", "float32"))
+    var = trainer.var_model(dtype)
+    if dtype != "float32":  # both models computing in ``dtype``, as `var-jax sample --dtype` loads them
+        vae = load_pretrained(config.tokenizer, dtype=dtype).vae
     tokenizer_run, name = out / TOKENIZER_RUN, config.data.name
 
     stages.start()
@@ -376,7 +380,7 @@ def run(config, out: str | pathlib.Path) -> dict:
         "judge": f"small CNN trained {int(demo.classifier_steps)} steps on the {len(heldout.images)} held-out real "
                  f"images; accuracy measured on the {len(reals.images)} real training images",
         "judge_features": distances,
-        "sampling": {"cfg": float(demo.cfg), "top_k": int(demo.top_k), "top_p": float(demo.top_p),
+        "sampling": {"cfg": float(demo.cfg), "top_k": int(demo.top_k), "top_p": float(demo.top_p), "dtype": dtype,
                      "samples": int(len(labels)), "per_class": per_class},
         "var": {"depth": var.cfg.depth, "width": var.cfg.embed_dim, "steps": trainer.step_count(),
                 "batch_size": int(config.train.batch_size),
