@@ -16,7 +16,9 @@
 7. draws the training curves → ``curves.png``.
 
 Every stage resumes where an interrupted run stopped; run the same command again.  ``--seed``
-changes every random choice of the run (and its default output directory).
+changes every random choice of the run (and its default output directory).  ``--choose-sampling``
+trains (or resumes) stages 1–3, then prints, instead of measuring, how a selector that is not the
+judge rates each guidance × top-p: how the config's sampling settings were chosen.
 """
 from __future__ import annotations
 
