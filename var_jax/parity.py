@@ -181,4 +181,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    from var_jax import compile_cache
+    compile_cache.enable()  # as `var-jax parity` does: a second check loads its programs instead of compiling
     sys.exit(main())
