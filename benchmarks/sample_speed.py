@@ -3,13 +3,16 @@
     python benchmarks/sample_speed.py --config var_d16 --batch 1 8 --cfg 4 --top-k 900 --top-p 0.95 --repeats 3
 
 Random weights unless --ckpt names a var-jax model directory.  Besides the whole program it times
-the transformer part (all scales with their draws, no decode), the draws alone (top-k, top-p and the
-categorical draw on every scale's logits), each scale on its own (one compiled step per scale, so
-their sum is a little above the transformer time), and the decode alone.  FLOPs are counted from
+(unless --no-breakdown) the transformer part (all scales with their draws, no decode), the draws
+alone (top-k, top-p and the categorical draw on every scale's logits), each scale on its own (one
+compiled step per scale, so their sum is a little above the transformer time), and the decode alone.  FLOPs are counted from
 the shapes (XLA's cost analysis counts a scanned layer once and cannot see into GPU library calls).
 The machine's floor, its own matrix-multiply rate in float32 and bfloat16 (benchmarks/floor.py), is
 measured in the same run: ``fraction_of_floor`` is the achieved rate over the floor of ``--dtype``,
-and ``floor_s_per_img`` the time one image would take at that rate.
+and ``floor_s_per_img`` the time one image would take at that rate.  So is the rate at which it reads
+memory: a scale of few tokens cannot be faster than one read of the transformer's weights, so
+``roofline_s_per_img`` counts each scale as the longer of its FLOPs at the floor and that read, and
+``fraction_of_roofline`` is that time over the measured one.
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ import statistics
 import time
 import warnings
 
-from floor import floors, median_time
+from floor import floors, median_time, read_gb_per_s, xla_flops
 
 import jax
 import jax.numpy as jnp
@@ -58,6 +61,8 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--dtype", default="float32", help="compute dtype of both models")
     ap.add_argument("--no-per-scale", action="store_true", help="skip timing each scale on its own")
+    ap.add_argument("--no-breakdown", action="store_true",
+                    help="time the whole program only (compiles no transformer, draws, decode or per-scale programs)")
     args, overrides = ap.parse_known_args()
 
     if args.ckpt:
@@ -73,6 +78,8 @@ def main():
     models = lambda s_vae, s_var: (nnx.merge(g_vae, s_vae), nnx.merge(g_var, s_var))
     floor = floors()
     peak = floor[args.dtype]
+    read_rate = read_gb_per_s()
+    weight_gb = sum(a.nbytes for a in jax.tree.leaves(s_var)) / 1e9  # as the sampler holds them
 
     @jax.jit
     def transformer_only(s_vae, s_var, labels, key):
@@ -104,7 +111,31 @@ def main():
         t0 = time.perf_counter()
         whole = sampler.lower(batch).compile()
         compile_s = time.perf_counter() - t0
+        jax.block_until_ready(whole(sampler.states, labels, key, None))  # first call: not timed
         s_per_call = median_time(lambda: whole(sampler.states, labels, key, None), args.repeats)
+        f_hat_shape = jax.eval_shape(transformer_only, s_vae, s_var, labels, key)
+        decode_flops = xla_flops(decode_only, s_vae, f_hat_shape)
+        flops = [scale_flops(var.cfg, batch, si) for si in range(len(var.cfg.patch_nums))]
+        total_gflop = (sum(flops) + decode_flops) / 1e9
+        # Roofline: each scale takes at least its FLOPs at the floor and at least one read of the weights.
+        roofline_s = sum(max(f / 1e9 / peak, weight_gb / read_rate) for f in flops) + decode_flops / 1e9 / peak
+        rate = lambda gflop, s: round(gflop / s, 1)  # noqa: E731
+        line = {
+            "bench": "sample_speed", "config": args.ckpt or args.config, "batch": batch, "dtype": args.dtype,
+            "cfg": args.cfg, "top_k": args.top_k, "top_p": args.top_p, "repeats": args.repeats,
+            "s_per_call": round(s_per_call, 4), "s_per_img": round(s_per_call / batch, 4),
+            "img_per_s": round(batch / s_per_call, 4), "compile_s": round(compile_s, 2),
+            "floor_gflop_per_s": floor, "gflop_per_s": rate(total_gflop, s_per_call),
+            "fraction_of_floor": round(total_gflop / s_per_call / peak, 3),
+            "floor_s_per_img": round(total_gflop / peak / batch, 4),
+            "read_gb_per_s": round(read_rate, 1), "weight_gb": round(weight_gb, 3),
+            "roofline_s_per_img": round(roofline_s / batch, 4), "fraction_of_roofline": round(roofline_s / s_per_call, 3),
+            "transformer_gflop": round(sum(flops) / 1e9, 1), "decode_gflop": round(decode_flops / 1e9, 1),
+            "device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
+        }
+        if args.no_breakdown:
+            print(json.dumps(line), flush=True)
+            continue
         f_hat = jax.block_until_ready(transformer_only(s_vae, s_var, labels, key))  # compiles: not timed
         transformer_s = median_time(lambda: transformer_only(s_vae, s_var, labels, key), args.repeats)
         jax.block_until_ready(decode_only(s_vae, f_hat))
@@ -113,7 +144,6 @@ def main():
                   for si, pn in enumerate(var.cfg.patch_nums)]
         jax.block_until_ready(draws_only(logits, key))
         draws_s = median_time(lambda: draws_only(logits, key), args.repeats)
-        decode_flops = decode_only.lower(s_vae, f_hat).cost_analysis()["flops"]  # before fusion: convs included
         per_scale = []
         if not args.no_per_scale:
             def scale_times():
@@ -127,28 +157,17 @@ def main():
             scale_times()  # compiles every step
             runs = [scale_times() for _ in range(args.repeats)]
             per_scale = [statistics.median(r[si] for r in runs) for si in range(len(var.cfg.patch_nums))]
-        flops = [scale_flops(var.cfg, batch, si) for si in range(len(var.cfg.patch_nums))]
-        total_gflop = (sum(flops) + decode_flops) / 1e9
-        rate = lambda gflop, s: round(gflop / s, 1)  # noqa: E731
-        line = {
-            "bench": "sample_speed", "config": args.ckpt or args.config, "batch": batch, "dtype": args.dtype,
-            "cfg": args.cfg, "top_k": args.top_k, "top_p": args.top_p, "repeats": args.repeats,
-            "s_per_call": round(s_per_call, 4), "s_per_img": round(s_per_call / batch, 4),
-            "img_per_s": round(batch / s_per_call, 4), "compile_s": round(compile_s, 2),
-            "floor_gflop_per_s": floor, "gflop_per_s": rate(total_gflop, s_per_call),
-            "fraction_of_floor": round(total_gflop / s_per_call / peak, 3),
-            "floor_s_per_img": round(total_gflop / peak / batch, 4),
+        line.update({
             "transformer_s": round(transformer_s, 4), "draws_s": round(draws_s, 4), "decode_s": round(decode_s, 4),
-            "transformer_gflop": round(sum(flops) / 1e9, 1), "decode_gflop": round(decode_flops / 1e9, 1),
             "transformer_gflop_per_s": rate(sum(flops) / 1e9, transformer_s),
             "transformer_fraction_of_floor": round(sum(flops) / 1e9 / transformer_s / peak, 3),
             "decode_gflop_per_s": rate(decode_flops / 1e9, decode_s),
             "decode_fraction_of_floor": round(decode_flops / 1e9 / decode_s / peak, 3),
             "per_scale": [{"pn": pn, "s": round(t, 4), "gflop_per_s": rate(f / 1e9, t),
-                           "fraction_of_floor": round(f / 1e9 / t / peak, 3)}
+                           "fraction_of_floor": round(f / 1e9 / t / peak, 3),
+                           "fraction_of_roofline": round(max(f / 1e9 / peak, weight_gb / read_rate) / t, 3)}
                           for pn, t, f in zip(var.cfg.patch_nums, per_scale, flops)],
-            "device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
-        }
+        })
         print(json.dumps(line), flush=True)
 
 

@@ -4,7 +4,9 @@ whose peak is known, model FLOPs utilisation.
 
     python benchmarks/train_speed.py --config var_d16 --batch 64 [--steps 10] [--images] [--config.key=value]
 
-The mesh is the config's (all devices on ``data`` by default; ``--config.mesh.fsdp=8`` ...).
+The mesh is the config's (all devices on ``data`` by default; ``--config.mesh.fsdp=8`` ...), and so is
+the rematerialisation (``--config.var.remat=auto`` picks the first policy whose step fits the device,
+as ``var-jax train`` does).
 ``--images`` also runs the frozen tokenizer's encoder inside the step (training without
 pre-tokenized maps).  Model FLOPs count the work of the model as written (the block-causal
 attention is computed densely, as the official code does): 3 × 2 × multiply-adds of the forward;
@@ -22,11 +24,12 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from floor import floors
+from floor import floors, xla_flops
 
 from var_jax import parallel
 from var_jax.config import load_config, model_configs
 from var_jax.models.flops import train_flops_per_image
+from var_jax.train.step_memory import resolve_auto_remat
 from var_jax.train.var_schedule import RunLength
 from var_jax.train.var_trainer import TrainProgram, abstract_batch
 
@@ -52,6 +55,7 @@ def main() -> None:
     args, overrides = ap.parse_known_args()
     config = load_config(args.config, overrides)
     config.train.batch_size = args.batch
+    config = resolve_auto_remat(config, images=args.images)  # --config.var.remat=auto: as `var-jax train` picks
     vae_cfg, var_cfg = model_configs(config)
     mesh = parallel.make_mesh(config)
     program = TrainProgram(config, mesh, RunLength.of(num_images=args.batch * 1000, batch_size=args.batch,
@@ -96,8 +100,7 @@ def main() -> None:
     flops = train_flops_per_image(var_cfg) * args.batch
     if args.images:
         tokenize = jax.jit(lambda s, img: nnx.merge(tok_graph, s).img_to_idx(img))
-        flops += tokenize.lower(tok_state, jax.ShapeDtypeStruct(shapes["image"].shape, jnp.float32)
-                                ).cost_analysis()["flops"]
+        flops += xla_flops(tokenize, tok_state, jax.ShapeDtypeStruct(shapes["image"].shape, jnp.float32))
     floor = floors()
     dtype = program.compute_cfg.dtype
     peak = peak_flops(jax.devices()[0])

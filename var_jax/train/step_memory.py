@@ -140,15 +140,17 @@ def device_memory_limit(device) -> int | None:
     return int(stats["bytes_limit"]) if stats and "bytes_limit" in stats else None
 
 
-def resolve_auto_remat(config):
+def resolve_auto_remat(config, images: bool | None = None):
     """A run's ``config`` with ``var.remat=auto`` replaced by the policy :func:`choose_remat` picks
     for its train step on its mesh (``config`` itself for any other setting).  On devices that
-    report no memory limit (CPU) nothing can be measured against, so no rematerialisation."""
+    report no memory limit (CPU) nothing can be measured against, so no rematerialisation.
+    ``images``: whether the step tokenizes images (default: when the config names no token maps)."""
     if config.get("var", {}).get("remat") != "auto":
         return config
     from var_jax import parallel
     mesh = parallel.make_mesh(config)
-    images = not config.get("data", {}).get("tokens", "")  # no token maps: the step tokenizes images
+    if images is None:
+        images = not config.get("data", {}).get("tokens", "")
     # A device of this process (all are of one kind): another process's devices report nothing here,
     # and every process must come to the same answer.
     budget = device_memory_limit(next(d for d in mesh.devices.flat if d.process_index == jax.process_index()))
