@@ -3,10 +3,10 @@ rate at which it reads memory).
 
 Every benchmark measures it in the same run as its timings and prints the fraction of it reached, so
 the numbers can be read on any machine.  The floor is the best of several products, not their median:
-a shared virtual machine has spells of half speed lasting seconds (seen here: 2048² products in
-float32 at 147–154 GFLOP/s, then a spell at 76–80), and a median of a few products lands in them at
-random, so it moved 78–162 GFLOP/s between runs where the best moved 147–154.  Also here: the
-timing and FLOP-counting helpers the benchmarks share.
+a shared virtual machine has spells of half speed lasting seconds, and a median of a few products
+lands in them at random (on a 2-core VM, in one test: medians of 5 moved 80–147 GFLOP/s in float32
+while the best of 10 stayed at 147–154; between processes the best still moved 128–180).  Also
+here: the timing and FLOP-counting helpers the benchmarks share.
 """
 from __future__ import annotations
 
@@ -33,8 +33,8 @@ def call_times(fn, repeats: int) -> list[float]:
 
 
 def xla_flops(jitted, *args) -> float:
-    """FLOPs XLA counts in ``jitted(*args)`` before fusion, lowered for the CPU: a GPU's lowering
-    counts nothing, and after compilation its library calls (convolutions) are not counted."""
+    """FLOPs XLA counts in ``jitted(*args)`` before fusion, lowered for the CPU: a GPU lowering has
+    no cost analysis (None), and a compiled GPU program does not count its library calls."""
     cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
     shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=cpu), args)
     return jitted.lower(*shapes).cost_analysis()["flops"]
