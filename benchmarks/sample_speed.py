@@ -5,8 +5,9 @@
 Random weights unless --ckpt names a var-jax model directory.  Besides the whole program it times
 (unless --no-breakdown) the transformer part (all scales with their draws, no decode), the draws
 alone (top-k, top-p and the categorical draw on every scale's logits), each scale on its own (one
-compiled step per scale, so their sum is a little above the transformer time), and the decode alone.  FLOPs are counted from
-the shapes (XLA's cost analysis counts a scanned layer once and cannot see into GPU library calls).
+compiled step per scale, so their sum is a little above the transformer time), and the decode
+alone.  The transformer's FLOPs are counted from the shapes (XLA's cost analysis counts a scanned
+layer once); the decoder's are XLA's count.
 The machine's floor, its own matrix-multiply rate in float32 and bfloat16 (benchmarks/floor.py), is
 measured in the same run: ``fraction_of_floor`` is the achieved rate over the floor of ``--dtype``,
 and ``floor_s_per_img`` the time one image would take at that rate.  So is the rate at which it reads
@@ -118,7 +119,8 @@ def main():
         flops = [scale_flops(var.cfg, batch, si) for si in range(len(var.cfg.patch_nums))]
         total_gflop = (sum(flops) + decode_flops) / 1e9
         # Roofline: each scale takes at least its FLOPs at the floor and at least one read of the weights.
-        roofline_s = sum(max(f / 1e9 / peak, weight_gb / read_rate) for f in flops) + decode_flops / 1e9 / peak
+        scale_bound_s = [max(f / 1e9 / peak, weight_gb / read_rate) for f in flops]
+        roofline_s = sum(scale_bound_s) + decode_flops / 1e9 / peak
         rate = lambda gflop, s: round(gflop / s, 1)  # noqa: E731
         line = {
             "bench": "sample_speed", "config": args.ckpt or args.config, "batch": batch, "dtype": args.dtype,
@@ -165,8 +167,8 @@ def main():
             "decode_fraction_of_floor": round(decode_flops / 1e9 / decode_s / peak, 3),
             "per_scale": [{"pn": pn, "s": round(t, 4), "gflop_per_s": rate(f / 1e9, t),
                            "fraction_of_floor": round(f / 1e9 / t / peak, 3),
-                           "fraction_of_roofline": round(max(f / 1e9 / peak, weight_gb / read_rate) / t, 3)}
-                          for pn, t, f in zip(var.cfg.patch_nums, per_scale, flops)],
+                           "fraction_of_roofline": round(bound / t, 3)}
+                          for pn, t, f, bound in zip(var.cfg.patch_nums, per_scale, flops, scale_bound_s)],
         })
         print(json.dumps(line), flush=True)
 
