@@ -35,7 +35,7 @@ from var_jax.models.state import init_model
 from var_jax.models.var import VAR, VARConfig
 from var_jax.models.vqvae import VQVAE
 from var_jax.ops.sampling import filter_top_k_top_p, sample_categorical
-from var_jax.sample import Sampler, SamplingSettings, generate, scale_step, start
+from var_jax.sample import Sampler, SamplingSettings, decode, generate, scale_step, start
 
 
 def scale_flops(cfg: VARConfig, batch: int, si: int) -> float:
@@ -103,7 +103,11 @@ def main():
                 for si, g in enumerate(logits)]
 
     @jax.jit
-    def decode_only(s_vae, f_hat):
+    def decode_only(s_vae, f_hat):  # as the sampler decodes (one image at a time on a CPU)
+        return decode(nnx.merge(g_vae, s_vae), f_hat)
+
+    @jax.jit
+    def decode_batched(s_vae, f_hat):  # the same FLOPs, counted whole (XLA counts a loop's body once)
         return nnx.merge(g_vae, s_vae).fhat_to_img(f_hat)
 
     for batch in args.batch:
@@ -115,7 +119,7 @@ def main():
         jax.block_until_ready(whole(sampler.states, labels, key, None))  # first call: not timed
         s_per_call = median_time(lambda: whole(sampler.states, labels, key, None), args.repeats)
         f_hat_shape = jax.eval_shape(transformer_only, s_vae, s_var, labels, key)
-        decode_flops = xla_flops(decode_only, s_vae, f_hat_shape)
+        decode_flops = xla_flops(decode_batched, s_vae, f_hat_shape)
         flops = [scale_flops(var.cfg, batch, si) for si in range(len(var.cfg.patch_nums))]
         total_gflop = (sum(flops) + decode_flops) / 1e9
         # Roofline: each scale takes at least its FLOPs at the floor and at least one read of the weights.
