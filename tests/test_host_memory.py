@@ -21,9 +21,7 @@ def _run(env_changes: dict) -> list[str]:
     return out.stdout.splitlines()
 
 
-@pytest.mark.skipif(not (host_memory.platform.libc_ver()[0] == "glibc"
-                         and host_memory.transparent_huge_pages() == "madvise"),
-                    reason="needs glibc and transparent huge pages in madvise mode")
+@pytest.mark.skipif(not host_memory.supported(), reason="needs glibc and transparent huge pages in madvise mode")
 def test_restart_sets_the_tunable_and_keeps_the_arguments():
     tunables, args = _run({"GLIBC_TUNABLES": "glibc.malloc.arena_max=4"})
     assert tunables == "glibc.malloc.arena_max=4:glibc.malloc.hugetlb=1"

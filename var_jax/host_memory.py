@@ -35,12 +35,17 @@ def transparent_huge_pages() -> str | None:
     return chosen[0].strip("[]") if chosen else None
 
 
+def supported() -> bool:
+    """glibc, on a kernel that gives transparent huge pages on request: where the tunable helps."""
+    return platform.libc_ver()[0] == "glibc" and transparent_huge_pages() == "madvise"
+
+
 def wanted() -> bool:
-    """Whether :func:`restart_with_huge_pages` would restart: glibc on Linux, huge pages given on
-    request, the tunable not yet set, and not switched off."""
+    """Whether :func:`restart_with_huge_pages` would restart: :func:`supported`, the tunable not yet
+    set, and not switched off."""
     if os.environ.get(SWITCH, "1") == "0" or "glibc.malloc.hugetlb" in os.environ.get(TUNABLES, ""):
         return False
-    return platform.libc_ver()[0] == "glibc" and transparent_huge_pages() == "madvise"
+    return supported()
 
 
 def restart_with_huge_pages() -> None:
