@@ -96,10 +96,18 @@ def test_plan_command_auto_recomputes_at_a_larger_batch(libtpu, tmp_path, capsys
     assert "unknown TPU topology 'v9:2x2'" in capsys.readouterr().err
 
 
-def test_trainer_resolves_auto_only_where_devices_report_their_memory(capsys):
+def test_trainer_resolves_auto_on_cpu_within_the_hosts_memory(capsys, monkeypatch):
+    """CPU devices report no memory: `auto` measures the step against the host's memory and starts
+    from dots_saveable (faster than none on a CPU); a host too small for every policy is an error
+    that names them."""
     config = tiny_config()
+    config.train = ml_collections.ConfigDict({"batch_size": 4})
     assert step_memory.resolve_auto_remat(config) is config  # remat=none: nothing to decide
     config.var.remat = "auto"
-    resolved = step_memory.resolve_auto_remat(config)  # CPU devices report no memory limit
-    assert resolved.var.remat == "none" and config.var.remat == "auto"
-    assert "report no memory limit" in capsys.readouterr().out
+    resolved = step_memory.resolve_auto_remat(config)
+    assert resolved.var.remat == "dots_saveable" == step_memory.CPU_REMAT_ORDER[0] and config.var.remat == "auto"
+    assert "var.remat=auto: dots_saveable (dots_saveable: " in capsys.readouterr().out
+    monkeypatch.setattr(step_memory, "host_memory_bytes", lambda: 2 ** 20)
+    with pytest.raises(ValueError, match="no rematerialisation policy fits a batch of 4 in 0.00 GiB") as e:
+        step_memory.resolve_auto_remat(config)
+    assert all(f"{policy}: " in str(e.value) for policy in step_memory.CPU_REMAT_ORDER)
