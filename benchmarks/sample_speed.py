@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from var_jax import host_memory
+from var_jax import xla_cpu
 from var_jax.config import load_config, model_configs
 from var_jax.models.state import init_model
 from var_jax.models.var import VAR, VARConfig
@@ -53,7 +53,7 @@ def scale_flops(cfg: VARConfig, batch: int, si: int) -> float:
 
 
 def main():
-    host_memory.restart_with_huge_pages()  # as the var-jax command does
+    xla_cpu.prepare_command()  # as the var-jax command does
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default="var_d16", help="name in configs/ or a path")
     ap.add_argument("--ckpt", help="var-jax model directory (default: random weights)")

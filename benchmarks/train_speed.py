@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from floor import floors, xla_flops
 
-from var_jax import host_memory, parallel
+from var_jax import parallel, xla_cpu
 from var_jax.config import load_config, model_configs
 from var_jax.models.flops import train_flops_per_image
 from var_jax.train.step_memory import resolve_auto_remat
@@ -47,7 +47,7 @@ def peak_flops(device) -> float | None:
 
 
 def main() -> None:
-    host_memory.restart_with_huge_pages()  # as the var-jax command does
+    xla_cpu.prepare_command()  # as the var-jax command does
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default="var_d16", help="name in configs/ or a path")
     ap.add_argument("--batch", type=int, required=True, help="global batch")

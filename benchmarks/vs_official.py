@@ -53,7 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from var_jax import host_memory, parallel
+from var_jax import parallel, xla_cpu
 from var_jax.config import load_config, model_configs, split_overrides, var_training
 from var_jax.convert import vae_from_official, var_from_official
 from var_jax.models.flops import train_flops_per_image
@@ -290,7 +290,7 @@ def timings(official_s: float, ours_s: float, compile_s: float, batch: int, flop
 
 
 def main() -> None:
-    host_memory.restart_with_huge_pages()  # as the var-jax command does
+    xla_cpu.prepare_command()  # as the var-jax command does
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--official", required=True, help="a checkout of FoundationVision/VAR (holds models/ and dist.py)")
     ap.add_argument("--config", default="var_d16", help="name in configs/ or a path")

@@ -357,9 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    if argv is None:  # a real command line (not a call from Python): malloc on huge pages, see host_memory
-        from var_jax import host_memory
-        host_memory.restart_with_huge_pages()
+    if argv is None:  # a real command line (not a call from Python): see xla_cpu.prepare_command
+        from var_jax import xla_cpu
+        xla_cpu.prepare_command()
     from var_jax.config import split_overrides
     overrides, rest = split_overrides(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(rest)

@@ -408,9 +408,9 @@ def output_dir(config_name: str, seed: int, out: str | None = None) -> pathlib.P
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    if argv is None:  # a real command line (not a call from Python): malloc on huge pages, see host_memory
-        from var_jax import host_memory
-        host_memory.restart_with_huge_pages()
+    if argv is None:  # a real command line (not a call from Python): see xla_cpu.prepare_command
+        from var_jax import xla_cpu
+        xla_cpu.prepare_command()
     from var_jax.config import load_config, split_overrides
     overrides, rest = split_overrides(list(sys.argv[1:] if argv is None else argv))
     parser = argparse.ArgumentParser(prog="python -m var_jax.demo", description=__doc__.split("\n\n")[0])
