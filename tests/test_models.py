@@ -3,6 +3,7 @@ import dataclasses
 import math
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from flax import nnx
 from var_jax import convert
 from var_jax.config import load_config
 from var_jax.models import quant
+from var_jax.models.layers import dense
 from var_jax.models.state import abstract_model, flat_state
 from var_jax.models.var import VAR, VARConfig
 from var_jax.models.vqvae import VQVAE, VQVAEConfig
@@ -278,6 +280,58 @@ def test_bfloat16_compute_is_close_to_float32(tiny_var):
     assert np.sqrt(np.mean(err ** 2)) <= 2e-2 * spread
     assert err.max() <= 0.15 * spread
     assert err.max() > 0  # the bfloat16 path really ran in lower precision
+
+
+def test_bfloat16_gradients_are_bfloat16_products():
+    """A 16-bit dense product's gradients multiply 16-bit operands (the cotangent rounded to bfloat16,
+    as torch.autocast's would be), not a float32 cotangent by a converted kernel."""
+    rng = np.random.default_rng(6)
+    x = jnp.asarray(rng.normal(size=(2, 5, 16)), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=(16, 8)), jnp.float32)
+    g = jnp.asarray(rng.normal(size=(2, 5, 8)), jnp.float32)
+
+    def f(x, kernel):
+        return dense(x, kernel, None, jnp.bfloat16)
+
+    jaxpr = jax.make_jaxpr(lambda x, k: jax.vjp(f, x, k)[1](g))(x, kernel)
+    dots = [e for e in _equations(jaxpr.jaxpr) if e.primitive.name == "dot_general"]
+    assert len(dots) == 3 and all(v.aval.dtype == jnp.bfloat16 for e in dots for v in e.invars)
+    dx, dk = jax.vjp(f, x, kernel)[1](g)
+    as64 = lambda a: np.asarray(jnp.asarray(a, jnp.bfloat16), np.float64)  # noqa: E731
+    want_dx = as64(g) @ as64(kernel).T
+    want_dk = as64(x).reshape(-1, 16).T @ as64(g).reshape(-1, 8)
+    # Exact products of the rounded operands, accumulated in float32, then rounded to bfloat16
+    # (the operands' dtype) and back: within 2^-8 relative of each element.
+    np.testing.assert_allclose(np.asarray(dx), want_dx, rtol=2 ** -8, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(dk), want_dk, rtol=2 ** -8, atol=1e-6)
+
+
+def _equations(jaxpr):
+    for e in jaxpr.eqns:
+        yield e
+        for sub in jax.extend.core.jaxprs_in_params(e.params):
+            yield from _equations(sub)
+
+
+def test_remat_keeps_the_bfloat16_weight_products(tiny_var):
+    """The policies that keep products keep the 16-bit ones too (a custom_vjp, kept by name): the
+    backward of dots_saveable multiplies no more than without rematerialisation, full remat more."""
+    sd = random_official_weights(tiny_var(), seed=7)
+    label, x = _inputs(tiny_var())
+    target = jnp.zeros((3, tiny_var().seq_len), jnp.int32)
+
+    def products(policy):
+        model = _model(tiny_var(dtype="bfloat16", remat=policy), sd)
+        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+        def loss(p):
+            logp = jax.nn.log_softmax(nnx.merge(graphdef, p, rest)(label, x))
+            return -jnp.mean(jnp.take_along_axis(logp, target[..., None], -1))
+
+        return jax.jit(jax.grad(loss)).lower(params).as_text().count("stablehlo.dot_general")
+
+    none = products("none")
+    assert products("dots_saveable") == none < products("full")
 
 
 # -- bad inputs ---------------------------------------------------------------------------------------------

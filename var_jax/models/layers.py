@@ -12,6 +12,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 Names = Sequence[str | None]
 
@@ -50,5 +51,38 @@ def dense(x: jax.Array, kernel: jax.Array, bias: jax.Array | None, dtype=None) -
     """x (..., in) · kernel (in, out) + bias, multiplied in ``dtype`` and accumulated in float32."""
     if dtype is not None:
         x, kernel = x.astype(dtype), kernel.astype(dtype)
-    y = jnp.matmul(x, kernel, preferred_element_type=jnp.float32)
+    if jnp.dtype(x.dtype).itemsize == 2:
+        y = checkpoint_name(matmul16(x, kernel), WEIGHT_PRODUCT)
+    else:
+        y = jnp.matmul(x, kernel, preferred_element_type=jnp.float32)
     return y if bias is None else y + bias
+
+
+# The name of :func:`matmul16`'s output, by which the rematerialisation policies that keep the
+# weight products keep it (``var._remat``): a custom_vjp is not a ``dot_general`` to them.
+WEIGHT_PRODUCT = "weight_product"
+
+
+@jax.custom_vjp
+def matmul16(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """x (..., in) · kernel (in, out) of 16-bit operands, accumulated in float32, whose gradients are
+    products of 16-bit operands too: the float32 cotangent is rounded to their dtype first, as the
+    output of a 16-bit product would be (so ``torch.autocast`` does).  Left to JAX, the backward
+    products would multiply the float32 cotangent by the operand converted to float32, at float32's
+    rate (on a CPU with AVX-512 BF16, half of bfloat16's)."""
+    return jnp.matmul(x, kernel, preferred_element_type=jnp.float32)
+
+
+def _matmul16_fwd(x, kernel):
+    return matmul16(x, kernel), (x, kernel)
+
+
+def _matmul16_bwd(residuals, g):
+    x, kernel = residuals
+    g = g.astype(x.dtype)
+    dx = jnp.matmul(g, kernel.T, preferred_element_type=jnp.float32)
+    dk = jnp.matmul(x.reshape(-1, x.shape[-1]).T, g.reshape(-1, g.shape[-1]), preferred_element_type=jnp.float32)
+    return dx.astype(x.dtype), dk.astype(kernel.dtype)
+
+
+matmul16.defvjp(_matmul16_fwd, _matmul16_bwd)

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from var_jax.models.layers import Linear, dense, param, trunc_normal
+from var_jax.models.layers import WEIGHT_PRODUCT, Linear, dense, param, trunc_normal
 
 MAX_SCALE_MUL = math.log(100.0)  # clamp of the learned attention temperature (log scale)
 
@@ -270,7 +270,11 @@ def _remat(fn, policy: str):
         return fn
     if policy == "full":
         return jax.checkpoint(fn)
-    return jax.checkpoint(fn, policy=getattr(jax.checkpoint_policies, policy))
+    save = getattr(jax.checkpoint_policies, policy)
+    if "dots" in policy:  # the policies that keep the weight products keep the 16-bit ones by name
+        save = jax.checkpoint_policies.save_from_both_policies(
+            save, jax.checkpoint_policies.save_only_these_names(WEIGHT_PRODUCT))
+    return jax.checkpoint(fn, policy=save)
 
 
 # The kernels that every use multiplies in the compute dtype (``dense(..., dtype)``): stored in it
