@@ -7,6 +7,7 @@ depth; each block is the pure function :func:`block_forward` of its slice of the
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 from typing import Callable
@@ -165,9 +166,38 @@ def heads_first(x: jax.Array) -> jax.Array:
     return x.transpose(0, 2, 1, 3)
 
 
-def masked_attention(mask: jax.Array, drop_rate: float = 0.0) -> Attend:
-    return lambda q, k, v, scale, key: (attention(q, heads_first(k), heads_first(v), scale, mask, drop_rate, key),
-                                        None)
+def query_groups(patch_nums: tuple[int, ...], max_groups: int = 3) -> list[tuple[int, int]]:
+    """[start, end) of runs of whole scales whose queries attend together.  Under the block-causal
+    mask no query of a run sees a key past the run's end, so attending run by run never computes the
+    score blocks above the diagonal, which the mask would zero.  The runs are the split into at most
+    ``max_groups`` that computes the fewest scores: for VAR's ten scales up to 16×16, scales 1-8 ×
+    scale 13 × scale 16, 0.67 of the full 680 × 680 (3 runs; 4 would give 0.64)."""
+    ends = np.cumsum([pn * pn for pn in patch_nums]).tolist()
+
+    def bounds(cuts):
+        return list(zip([0] + [ends[i] for i in cuts], [ends[i] for i in cuts] + [ends[-1]]))
+
+    splits = (c for g in range(min(max_groups, len(ends))) for c in itertools.combinations(range(len(ends) - 1), g))
+    return bounds(min(splits, key=lambda cuts: sum((e - b) * e for b, e in bounds(cuts))))
+
+
+def block_causal_attention(cfg: VARConfig, num_scales: int) -> Attend:
+    """The teacher-forced forward's attention over the first ``num_scales`` scales under the
+    block-causal mask, run by run of :func:`query_groups`; a run of one scale sees every key up to
+    its end and needs no mask."""
+    groups, mask, drop_rate = query_groups(cfg.patch_nums[:num_scales]), cfg.attn_mask(), cfg.attn_drop_rate
+
+    def attend(q, k, v, scale, key):
+        keys = [None] * len(groups) if key is None else jax.random.split(key, len(groups))
+        k, v = heads_first(k), heads_first(v)
+        out = []
+        for (begin, end), kg in zip(groups, keys):
+            m = mask[begin:end, :end]
+            out.append(attention(q[:, begin:end], k[:, :, :end], v[:, :, :end], scale,
+                                 None if m.all() else jnp.asarray(m), drop_rate, kg))
+        return jnp.concatenate(out, axis=1) if len(out) > 1 else out[0], None
+
+    return attend
 
 
 def qkv_heads(p: dict, h: jax.Array, cfg: VARConfig, dtype) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -409,7 +439,6 @@ class VAR(nnx.Module):
         sos = cond[:, None, :] + self.pos_start[...][None]
         x = jnp.concatenate([sos, self.word_embed(x_tokens.astype(jnp.float32))], axis=1)
         x = x + self.level_pos()[None, :end]
-        mask = jnp.asarray(cfg.attn_mask()[:end, :end])
-        x = self.run_blocks(x, self.ada_condition(cond), masked_attention(mask, cfg.attn_drop_rate), key_blocks,
+        x = self.run_blocks(x, self.ada_condition(cond), block_causal_attention(cfg, n), key_blocks,
                             constrain)
         return self.logits(x, cond)
