@@ -20,8 +20,11 @@ alternately: official, ours, official, ours ...  Each process builds the officia
 same seed; ours converts them, compares the logits and frees them before it times anything.  In
 one process the other side's models, optimizer state and freed activations stay in memory beside
 the side being timed: there, VAR-d16's training step at batch 2 held 19 GB of a 23 GB machine and
-ours took 18.0 s against 13.8 s in a process of its own.  Each process makes one untimed call, then
-``--repeats`` timed ones; ``peak_rss_gb`` is each side's largest resident memory.
+ours took 18.0 s against 13.0 s in a process of its own.  Each process makes ``--warmup`` untimed
+calls, then ``--repeats`` timed ones (``times``, per process): the second call of a process was
+the slow one on both sides (the d16 step at batch 2: ours with token maps 31.6 s, then 13.6 and
+14.3 s; the official one with images 18.6 s, then 15.5 and 14.9 s).  ``peak_rss_gb`` is each side's largest resident
+memory.
 
 sample: the official ``autoregressive_infer_cfg`` under ``torch.inference_mode()`` against
 var-jax's compiled ``Sampler`` with the same labels and settings.  Our compilation is not timed
@@ -171,10 +174,12 @@ def logits_difference(torch, off_vae, off_var, vae, var, rng: np.random.Generato
     return float(np.max(np.abs(np.asarray(ours) - ref)))
 
 
-def timed(fn, repeats: int) -> tuple[object, list[float]]:
-    """The result of one untimed call of ``fn``, then the wall times of ``repeats`` more."""
-    first = fn()
-    return first, call_times(fn, repeats)
+def timed(fn, args) -> tuple[object, list[float]]:
+    """The result of the first of ``--warmup`` untimed calls of ``fn``, then the wall times of
+    ``--repeats`` more."""
+    first = jax.block_until_ready(fn())
+    call_times(fn, args.warmup - 1)
+    return first, call_times(fn, args.repeats)
 
 
 def official_sample(torch, off_var, batch: int, args) -> dict:
@@ -186,7 +191,7 @@ def official_sample(torch, off_var, batch: int, args) -> dict:
             return off_var.autoregressive_infer_cfg(B=batch, label_B=labels, g_seed=0, cfg=args.cfg,
                                                     top_k=args.top_k, top_p=args.top_p)
 
-    return {"times": timed(call, args.repeats)[1]}
+    return {"times": timed(call, args)[1]}
 
 
 def ours_sample(vae, var, batch: int, args) -> dict:
@@ -196,7 +201,7 @@ def ours_sample(vae, var, batch: int, args) -> dict:
     t0 = time.perf_counter()
     compiled = sampler.lower(batch).compile()
     compile_s = time.perf_counter() - t0
-    times = timed(lambda: compiled(sampler.states, labels, key, None)[0], args.repeats)[1]
+    times = timed(lambda: compiled(sampler.states, labels, key, None)[0], args)[1]
     g_vae = sampler.graphdefs[0]
     f_hat = jax.ShapeDtypeStruct((batch, *vae.cfg.latent_hw(), vae.cfg.z_channels), jnp.float32)
     decode = jax.jit(lambda s, f: nnx.merge(g_vae, s).fhat_to_img(f))
@@ -255,7 +260,7 @@ def official_train(torch, off_vae, off_var, var_cfg, batch: int, images: bool, c
         opt.zero_grad(set_to_none=True)
         return loss.detach()
 
-    first, times = timed(step, args.repeats)
+    first, times = timed(step, args)
     return {"times": times, "first_loss": float(first)}
 
 
@@ -283,7 +288,7 @@ def ours_train(vae, var, batch: int, images: bool, config, args) -> dict:
         state, metrics = compiled(state, device_batch, tok_state, weight)
         return metrics
 
-    first, times = timed(call, args.repeats)
+    first, times = timed(call, args)
     flops = train_flops_per_image(program.compute_cfg) * batch
     if images:
         tokenize = jax.jit(lambda s, img: nnx.merge(tok_graph, s).img_to_idx(img))
@@ -356,7 +361,8 @@ def compare(what: str, batch: int, kind: str, args) -> dict:
             "model_gflop": round(gflop, 2), "floor_gflop_per_s": args.floor,
             "fraction_of_floor": {"official": round(gflop / official_s / args.floor, 3),
                                   "ours": round(gflop / ours_s / args.floor, 3)},
-            "peak_rss_gb": {side: round(max(r["peak_rss_gb"] for r in rs), 2) for side, rs in runs.items()}}
+            "peak_rss_gb": {side: round(max(r["peak_rss_gb"] for r in rs), 2) for side, rs in runs.items()},
+            "times": {side: [[round(t, 3) for t in r["times"]] for r in rs] for side, rs in runs.items()}}
 
 
 def main() -> None:
@@ -370,6 +376,7 @@ def main() -> None:
     ap.add_argument("--top-p", type=float, default=0.95)
     ap.add_argument("--repeats", type=int, default=3, help="timed calls in each process")
     ap.add_argument("--rounds", type=int, default=1, help="processes of each side, alternately")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed calls in each process, first")
     ap.add_argument("--what", nargs="+", choices=("sample", "train"), default=["sample", "train"])
     ap.add_argument("--train-input", nargs="+", choices=("tokens", "images"), default=["tokens", "images"],
                     help="train: token maps given, or the tokenizer inside the step")
@@ -379,8 +386,8 @@ def main() -> None:
     overrides, rest = split_overrides(unknown)
     if rest:
         ap.error(f"unrecognized arguments: {' '.join(rest)} (config overrides look like --config.key=value)")
-    if min(args.batch) < 1 or args.repeats < 1 or args.rounds < 1 or args.threads < 1:
-        ap.error("--batch, --repeats, --rounds and --threads must be at least 1")
+    if min(args.batch) < 1 or min(args.repeats, args.rounds, args.warmup, args.threads) < 1:
+        ap.error("--batch, --repeats, --rounds, --warmup and --threads must be at least 1")
 
     jax.config.update("jax_platforms", "cpu")  # both sides on the CPU
     loaded = load_config(args.config, overrides)
