@@ -335,7 +335,7 @@ def side_process(side: str, what: str, batch: int, kind: str) -> dict:
     return json.loads(lines[-1])
 
 
-def compare(what: str, batch: int, kind: str, args) -> dict:
+def compare(what: str, batch: int, kind: str, args, floor: float, label_smooth: float) -> dict:
     """``--rounds`` processes of each side, alternately → the comparison's line."""
     runs = {"official": [], "ours": []}
     for _ in range(args.rounds):
@@ -353,14 +353,14 @@ def compare(what: str, batch: int, kind: str, args) -> dict:
         line.update(input=kind, first_loss={"official": round(runs["official"][0]["first_loss"], 4),
                                             "ours": round(ours["first_loss"], 4)},
                     optimizer={"lr": LR, "betas": BETAS, "weight_decay": WEIGHT_DECAY, "grad_clip": GRAD_CLIP,
-                               "label_smooth": float(args.label_smooth)})
+                               "label_smooth": float(label_smooth)})
     return {**line, "official_s": round(official_s, 4), "ours_s": round(ours_s, 4),
             "official_s_per_img": round(official_s / batch, 4), "ours_s_per_img": round(ours_s / batch, 4),
             "ratio": round(official_s / ours_s, 3),
             "ours_compile_s": round(statistics.median(r["compile_s"] for r in runs["ours"]), 2),
-            "model_gflop": round(gflop, 2), "floor_gflop_per_s": args.floor,
-            "fraction_of_floor": {"official": round(gflop / official_s / args.floor, 3),
-                                  "ours": round(gflop / ours_s / args.floor, 3)},
+            "model_gflop": round(gflop, 2), "floor_gflop_per_s": floor,
+            "fraction_of_floor": {"official": round(gflop / official_s / floor, 3),
+                                  "ours": round(gflop / ours_s / floor, 3)},
             "peak_rss_gb": {side: round(max(r["peak_rss_gb"] for r in rs), 2) for side, rs in runs.items()},
             "times": {side: [[round(t, 3) for t in r["times"]] for r in rs] for side, rs in runs.items()}}
 
@@ -408,7 +408,7 @@ def main() -> None:
         return
 
     import_official(args.official)  # a missing torch or checkout is said before any process starts
-    args.floor, args.label_smooth = floors()["float32"], config.train.label_smooth
+    floor = floors()["float32"]
     common = {"config": args.config, "dtype": "float32", "repeats": args.repeats, "rounds": args.rounds,
               "drop": {"drop_path_rate": 0.0, "dropout": 0.0, "cond_drop_rate": var_cfg.cond_drop_rate},
               "jax": jax.__version__, "cpu": cpu_model(), "cpu_count": os.cpu_count()}
@@ -416,7 +416,7 @@ def main() -> None:
     jobs += [("train", kind) for kind in args.train_input] if "train" in args.what else []
     for batch in args.batch:
         for what, kind in jobs:
-            line = compare(what, batch, kind, args)
+            line = compare(what, batch, kind, args, floor, config.train.label_smooth)
             # the 1-minute load average: a timing taken beside other work is no comparison (torch's
             # threads wait for each other at every operation, so it suffers most)
             print(json.dumps({"bench": f"vs_official_{what}", "batch": batch, **common, **line,

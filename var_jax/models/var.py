@@ -195,7 +195,7 @@ def block_causal_attention(cfg: VARConfig, num_scales: int) -> Attend:
             m = mask[begin:end, :end]
             out.append(attention(q[:, begin:end], k[:, :, :end], v[:, :, :end], scale,
                                  None if m.all() else jnp.asarray(m), drop_rate, kg))
-        return jnp.concatenate(out, axis=1) if len(out) > 1 else out[0], None
+        return jnp.concatenate(out, axis=1), None
 
     return attend
 
