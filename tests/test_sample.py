@@ -88,21 +88,24 @@ def test_same_seed_same_images_other_seed_other_images(tiny_models):
     assert any(not np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a.tokens, c.tokens))
 
 
-def test_bfloat16_sampler_stores_its_kernels_in_bfloat16_with_the_same_result(tiny_vae, tiny_var):
-    vae = init_model(VQVAE, tiny_vae(dtype="bfloat16"), seed=0)
-    var = init_model(VAR, tiny_var(patch_nums=(1, 2, 4), dtype="bfloat16"), seed=1)
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_cpu_sampler_holds_the_block_kernels_per_layer_with_the_same_result(tiny_vae, tiny_var, dtype):
+    vae = init_model(VQVAE, tiny_vae(dtype=dtype), seed=0)
+    var = init_model(VAR, tiny_var(patch_nums=(1, 2, 4), dtype=dtype), seed=1)
     sampler = Sampler(vae, var, SamplingSettings(cfg=2.0, top_k=5, top_p=0.9), uint8=False)
-    by_dtype = {}
-    for path, x in jax.tree_util.tree_leaves_with_path(sampler.states[1]):
-        by_dtype.setdefault(x.dtype, set()).add(jax.tree_util.keystr(path))
-    # On a CPU the blocks' five kernels are stored two bfloat16 values to a uint32; the head's as bfloat16.
-    assert len(by_dtype[jnp.dtype(jnp.uint32)]) == 5 and all("blocks" in p for p in by_dtype[jnp.dtype(jnp.uint32)])
-    assert len(by_dtype[jnp.dtype(jnp.bfloat16)]) == 1 and "head" in next(iter(by_dtype[jnp.dtype(jnp.bfloat16)]))
-    fc1 = sampler.states[1]["blocks"]["ffn"]["fc1"]["kernel"][...]
-    assert fc1.shape == (var.cfg.depth, var.cfg.embed_dim, var.cfg.mlp_hidden // 2)
+    # On a CPU the blocks' five kernels (qkv, proj, fc1, fc2, AdaLN) are one array per layer, in the compute dtype.
+    blocks = sampler.states[1]["blocks"]
+    for kernel in (blocks["attn"]["mat_qkv"], blocks["attn"]["proj"]["kernel"], blocks["ffn"]["fc1"]["kernel"],
+                   blocks["ffn"]["fc2"]["kernel"], blocks["ada_lin"]["kernel"]):
+        layers = kernel.get_value()
+        assert isinstance(layers, tuple) and len(layers) == var.cfg.depth
+        assert all(k.dtype == jnp.dtype(dtype) for k in layers)
+    assert blocks["ffn"]["fc1"]["kernel"].get_value()[0].shape == (var.cfg.embed_dim, var.cfg.mlp_hidden)
+    assert sampler.states[1]["head"]["kernel"][...].dtype == jnp.dtype(dtype)
     labels = jnp.asarray([0, 1, 2, 3], jnp.int32)
     ours = sampler(labels, seed=0)
-    # The float32 weights converted at each use instead: the same bfloat16 operands reach every product.
+    # The stacked float32 weights, sliced by the scan and converted at each use: the same operands reach
+    # every product.
     images, tokens = _sample_program(sampler.graphdefs, (sampler.states[0], nnx.split(var)[1]), labels,
                                      jax.random.key(0), None, sampler.settings, False)
     for a, b in zip(ours.tokens, tokens):

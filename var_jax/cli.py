@@ -78,8 +78,10 @@ def _sample(args: argparse.Namespace, overrides: list[str]) -> None:
     if args.tokens:
         check_output_file(args.tokens, "--tokens")
     vae, var = _load_models(args)
-    write_grid(Sampler(vae, var, _settings(args, var.cfg.vocab_size)), classes, args.out, per_class=args.per_class,
-               batch=args.batch, seed=args.seed, png_dir=args.png_dir, tokens=args.tokens)
+    sampler = Sampler(vae, var, _settings(args, var.cfg.vocab_size))
+    del vae, var  # on a CPU the sampler holds its own per-layer copies of the block kernels: free the stacked ones
+    write_grid(sampler, classes, args.out, per_class=args.per_class, batch=args.batch, seed=args.seed,
+               png_dir=args.png_dir, tokens=args.tokens)
 
 
 def _edit(args: argparse.Namespace, overrides: list[str]) -> None:

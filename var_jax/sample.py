@@ -15,12 +15,12 @@ from typing import NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
+from flax import nnx, traverse_util
 
 from var_jax import parallel
 from var_jax.config import check_compatible
-from var_jax.models.var import (VAR, attention, block_forward, block_modulation, heads_first, inference_state,
-                                unpack_layer)
+from var_jax.models.layers import LayerKernel
+from var_jax.models.var import VAR, attention, block_forward, block_modulation, heads_first, inference_state
 from var_jax.models.vqvae import VQVAE
 from var_jax.ops.resample import resize
 from var_jax.ops.sampling import filter_top_k_top_p, gumbel_softmax, sample_categorical
@@ -63,7 +63,15 @@ class SampleResult(NamedTuple):
 
 
 # -- the traced program ---------------------------------------------------------------------------
-def _cached_blocks(var: VAR, params: dict, x, mods, cache, begin: int, end: int):
+def _layer(p: dict, kernels: dict, layer: jax.Array) -> dict:
+    """One layer's parameters: its slice ``p`` of the stacked ones and its kernels held per layer."""
+    if not kernels:
+        return p
+    return traverse_util.unflatten_dict({**traverse_util.flatten_dict(p),
+                                         **{path: LayerKernel(ks, layer) for path, ks in kernels.items()}})
+
+
+def _cached_blocks(var: VAR, params: dict, kernels: dict, x, mods, cache, begin: int, end: int):
     """Run every block on one scale's tokens (positions [begin, end)), attending over positions
     [0, end).  The cache (layers, 2B, heads, positions, head_dim) holds every scale but the last (no
     later scale reads the last one's keys and values): this scale's keys and values are written into
@@ -74,7 +82,7 @@ def _cached_blocks(var: VAR, params: dict, x, mods, cache, begin: int, end: int)
     def body(carry, xs):
         h, ck, cv = carry
         p, m, layer = xs
-        p = unpack_layer(p, cfg)
+        p = _layer(p, kernels, layer)
 
         def attend(q, k, v, scale, _key):
             k, v = heads_first(k), heads_first(v)
@@ -99,13 +107,15 @@ def _cached_blocks(var: VAR, params: dict, x, mods, cache, begin: int, end: int)
 class Context(NamedTuple):
     """What every scale reads: the class embeddings of the doubled batch (conditional rows, then the
     null class), every block's AdaLN modulation (depth, 2B, 6, C), the level + position embeddings and
-    the stacked block parameters (without the AdaLN ones: the modulation depends on the class only,
-    so it is computed once here rather than at every scale, which at batch 1 saves reading a third of
-    the weights per scale)."""
+    the block parameters (without the AdaLN ones: the modulation depends on the class only, so it is
+    computed once here rather than at every scale, which at batch 1 saves reading a third of the
+    weights per scale): stacked in ``params``, and in ``kernels`` by path those held one array per
+    layer (``inference_state(per_layer=True)``; empty otherwise)."""
     cond: jax.Array
     mods: jax.Array
     lvl_pos: jax.Array
     params: dict
+    kernels: dict
 
 
 class Carry(NamedTuple):
@@ -130,10 +140,14 @@ def start(vae: VQVAE, var: VAR, labels: jax.Array, layout: parallel.Layout | Non
         cache = tuple(layout.constrain(c, ("layers", "batch", "heads", "seq", None)) for c in cache)
     side = cfg.patch_nums[-1]
     f_hat = jnp.zeros((B, side, side, vae.cfg.z_channels), jnp.float32)
-    params, ada = var.block_params(), var.ada_condition(cond)
-    _, mods = jax.lax.scan(lambda _, p: (None, block_modulation(unpack_layer(p, cfg), ada, cfg)), None, params)
+    flat = traverse_util.flatten_dict(var.block_params())
+    kernels = {path: flat.pop(path) for path in list(flat) if isinstance(flat[path], tuple)}  # held per layer
+    params, ada = traverse_util.unflatten_dict(flat), var.ada_condition(cond)
+    modulation = lambda p, layer: block_modulation(_layer(p, kernels, layer), ada, cfg)  # noqa: E731
+    mods = jax.lax.map(lambda xs: modulation(*xs), (params, jnp.arange(cfg.depth)))
     params = {k: v for k, v in params.items() if k not in ("ada_lin", "ada_gss")}
-    return Context(cond, mods, lvl_pos, params), Carry(x, cache, f_hat)
+    kernels = {path: ks for path, ks in kernels.items() if path[0] != "ada_lin"}
+    return Context(cond, mods, lvl_pos, params, kernels), Carry(x, cache, f_hat)
 
 
 def scale_step(vae: VQVAE, var: VAR, ctx: Context, carry: Carry, si: int, key: jax.Array,
@@ -145,7 +159,7 @@ def scale_step(vae: VQVAE, var: VAR, ctx: Context, carry: Carry, si: int, key: j
     (begin, end), pn, ratio = begin_ends[si], cfg.patch_nums[si], si / (SN - 1)
     B = carry.f_hat.shape[0]
     codebook = vae.quantize.embedding.embedding[...]
-    x, cache = _cached_blocks(var, ctx.params, carry.x, ctx.mods, carry.cache, begin, end)
+    x, cache = _cached_blocks(var, ctx.params, ctx.kernels, carry.x, ctx.mods, carry.cache, begin, end)
     logits = var.logits(x, ctx.cond)
     t = settings.cfg * ratio
     guided = (1 + t) * logits[:B] - t * logits[B:]
@@ -232,8 +246,8 @@ class Sampler:
         self.num_classes = var.cfg.num_classes
         self.settings, self.uint8 = settings, uint8
         (g_vae, s_vae), (g_var, s_var) = nnx.split(vae), nnx.split(var)
-        pack = mesh is None and jax.default_backend() == "cpu"
-        self.graphdefs, self.states = (g_vae, g_var), (s_vae, inference_state(s_var, var.cfg, pack_blocks=pack))
+        per_layer = mesh is None and jax.default_backend() == "cpu"
+        self.graphdefs, self.states = (g_vae, g_var), (s_vae, inference_state(s_var, var.cfg, per_layer=per_layer))
         self.layout, self.batch_multiple = None, 1
         if mesh is not None:
             self.layout = parallel.Layout.of(mesh, rules)

@@ -7,7 +7,7 @@ compiled for a mesh.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -47,11 +47,29 @@ class Linear(nnx.Module):
         return dense(x, self.kernel[...], None if self.bias is None else self.bias[...], dtype)
 
 
-def dense(x: jax.Array, kernel: jax.Array, bias: jax.Array | None, dtype=None) -> jax.Array:
+class LayerKernel(NamedTuple):
+    """The kernel of layer ``layer`` (traced) among ``kernels``, one array per layer: :func:`dense`
+    multiplies by the chosen array itself (a ``lax.switch`` on the layer with one product per
+    branch).  In a scan over stacked layers, a product with a layer's slice of a stacked kernel reads
+    a copy of it: XLA's CPU backend copies every dynamic slice."""
+    kernels: tuple[jax.Array, ...]
+    layer: jax.Array
+
+    def reshape(self, *shape) -> "LayerKernel":
+        return LayerKernel(tuple(k.reshape(*shape) for k in self.kernels), self.layer)
+
+    def astype(self, dtype) -> "LayerKernel":
+        return LayerKernel(tuple(k.astype(dtype) for k in self.kernels), self.layer)
+
+
+def dense(x: jax.Array, kernel: jax.Array | LayerKernel, bias: jax.Array | None, dtype=None) -> jax.Array:
     """x (..., in) · kernel (in, out) + bias, multiplied in ``dtype`` and accumulated in float32."""
     if dtype is not None:
         x, kernel = x.astype(dtype), kernel.astype(dtype)
-    if jnp.dtype(x.dtype).itemsize == 2:
+    if isinstance(kernel, LayerKernel):
+        y = jax.lax.switch(kernel.layer, [lambda x, k=k: jnp.matmul(x, k, preferred_element_type=jnp.float32)
+                                          for k in kernel.kernels], x)
+    elif jnp.dtype(x.dtype).itemsize == 2:
         y = checkpoint_name(matmul16(x, kernel), WEIGHT_PRODUCT)
     else:
         y = jnp.matmul(x, kernel, preferred_element_type=jnp.float32)

@@ -314,37 +314,32 @@ COMPUTE_DTYPE_KERNELS = (("blocks", "attn", "mat_qkv"), ("blocks", "attn", "proj
                          ("blocks", "ada_lin", "kernel"), ("head", "kernel"))
 
 
-def inference_state(state: nnx.State, cfg: VARConfig, *, pack_blocks: bool = False) -> nnx.State:
+# The blocks' weight kernels: what the CPU sampler holds one array per layer (``inference_state``).
+LAYER_KERNELS = (("attn", "mat_qkv"), ("attn", "proj", "kernel"), ("ffn", "fc1", "kernel"),
+                 ("ffn", "fc2", "kernel"), ("ada_lin", "kernel"))
+
+
+def inference_state(state: nnx.State, cfg: VARConfig, *, per_layer: bool = False) -> nnx.State:
     """A VAR's parameters for inference: :data:`COMPUTE_DTYPE_KERNELS` in the compute dtype (a no-op in
     float32).  Not for training, whose optimizer keeps float32 weights.
 
-    ``pack_blocks`` (for a CPU): the blocks' 16-bit kernels are stored two values to a uint32, which
-    :func:`unpack_layer` reads back.  A scan over the stacked layers copies each layer's slice of
-    them, and XLA's CPU backend copies 16-bit elements several times slower than 32-bit ones
-    (VAR-d16's sixteen fc1 and fc2 kernels in bfloat16, at a scale of 2 rows: the slices cost about
-    200 ms stored as bfloat16, 10 ms packed)."""
+    ``per_layer`` (for a CPU): the blocks' :data:`LAYER_KERNELS` are held as a tuple of one array per
+    layer instead of stacked, for products by :class:`~var_jax.models.layers.LayerKernel`.  In a scan
+    over the stacked layers, XLA's CPU backend multiplies by a copy of each layer's slice, made
+    again at every scale of the sampler (VAR-d16, batch 1, float32: the 1×1 scale took 107 ms with
+    the copies, 56 ms without).  In float32 the per-layer arrays are copies: the model's own stacked
+    kernels stay with it until it is dropped."""
     dtype = jnp.dtype(cfg.dtype)
-    if dtype == jnp.float32:
-        return state
 
-    def cast(path, x):
+    def convert(path, x):
         names = tuple(getattr(k, "key", getattr(k, "name", None)) for k in path)
-        if not any(names[:len(p)] == p for p in COMPUTE_DTYPE_KERNELS):
-            return x
-        x = x.astype(dtype)
-        if pack_blocks and names[0] == "blocks" and dtype.itemsize == 2 and x.shape[-1] % 2 == 0:
-            x = jax.lax.bitcast_convert_type(x.reshape(*x.shape[:-1], -1, 2), jnp.uint32)
+        if any(names[:len(p)] == p for p in COMPUTE_DTYPE_KERNELS):
+            x = x.astype(dtype)
+        if per_layer and names[0] == "blocks" and any(names[1:1 + len(p)] == p for p in LAYER_KERNELS):
+            x = tuple(x[i] for i in range(x.shape[0]))
         return x
 
-    return jax.tree_util.tree_map_with_path(cast, state)
-
-
-def unpack_layer(p: dict, cfg: VARConfig) -> dict:
-    """One layer's parameters with the kernels that :func:`inference_state` packed back in the compute
-    dtype (a no-op for others)."""
-    dtype = jnp.dtype(cfg.dtype)
-    unpack = lambda a: jax.lax.bitcast_convert_type(a, dtype).reshape(*a.shape[:-1], -1)  # noqa: E731
-    return jax.tree.map(lambda a: unpack(a) if a.dtype == jnp.uint32 else a, p)
+    return jax.tree_util.tree_map_with_path(convert, state)
 
 
 class VAR(nnx.Module):
