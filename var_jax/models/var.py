@@ -320,8 +320,8 @@ LAYER_KERNELS = (("attn", "mat_qkv"), ("attn", "proj", "kernel"), ("ffn", "fc1",
 
 
 def inference_state(state: nnx.State, cfg: VARConfig, *, per_layer: bool = False) -> nnx.State:
-    """A VAR's parameters for inference: :data:`COMPUTE_DTYPE_KERNELS` in the compute dtype (a no-op in
-    float32).  Not for training, whose optimizer keeps float32 weights.
+    """A VAR's parameters for inference: :data:`COMPUTE_DTYPE_KERNELS` in the compute dtype (the same
+    arrays in float32).  Not for training, whose optimizer keeps float32 weights.
 
     ``per_layer`` (for a CPU): the blocks' :data:`LAYER_KERNELS` are held as a tuple of one array per
     layer instead of stacked, for products by :class:`~var_jax.models.layers.LayerKernel`.  In a scan
