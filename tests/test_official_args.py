@@ -61,7 +61,7 @@ def tiny_program(settings: dict, num_images: int) -> tuple[TrainProgram, RunLeng
     dict(bs=768, ep=350, pg=0.7, pg0=2, pgwp=1.5),                       # progressive: lin0.7
 ])
 def test_mapped_run_follows_the_official_formulas(flags):
-    bs, ep = flags["bs"], flags["ep"]
+    bs = flags["bs"]
     iters = math.ceil(IMAGENET / bs)
     ref = official_args_resolved(iters_train=iters, **{k: v for k, v in flags.items() if k not in ("wpe", "wp0",
                                                                                                      "tclip", "pg0")})

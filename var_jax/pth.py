@@ -17,7 +17,7 @@ import pickle
 import struct
 import zipfile
 from collections import OrderedDict
-from typing import Any, Mapping
+from typing import Any
 
 import ml_dtypes
 import numpy as np

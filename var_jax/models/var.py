@@ -333,7 +333,7 @@ def inference_state(state: nnx.State, cfg: VARConfig, *, per_layer: bool = False
 
     def convert(path, x):
         names = tuple(getattr(k, "key", getattr(k, "name", None)) for k in path)
-        if any(names[:len(p)] == p for p in COMPUTE_DTYPE_KERNELS):
+        if x.dtype != dtype and any(names[:len(p)] == p for p in COMPUTE_DTYPE_KERNELS):
             x = x.astype(dtype)
         if per_layer and names[0] == "blocks" and any(names[1:1 + len(p)] == p for p in LAYER_KERNELS):
             x = tuple(x[i] for i in range(x.shape[0]))
