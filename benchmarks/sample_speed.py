@@ -28,6 +28,7 @@ from floor import floors, median_time, read_gb_per_s, xla_flops
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from var_jax import xla_cpu
@@ -35,7 +36,7 @@ from var_jax.config import load_config, model_configs
 from var_jax.models.state import init_model
 from var_jax.models.var import VAR, VARConfig
 from var_jax.models.vqvae import VQVAE
-from var_jax.ops.sampling import filter_top_k_top_p, sample_categorical
+from var_jax.ops.sampling import filter_top_k_top_p, gumbel_noise, sample_categorical
 from var_jax.sample import Sampler, SamplingSettings, decode, generate, scale_step, start
 
 
@@ -89,8 +90,8 @@ def main():
         return generate(*models(s_vae, s_var), labels, key, settings)[0]
 
     @jax.jit
-    def begin(s_vae, s_var, labels):
-        return start(*models(s_vae, s_var), labels)
+    def begin(s_vae, s_var, labels, key):
+        return start(*models(s_vae, s_var), labels, key)
 
     # The cache is updated in place; the other parts of the carry change shape from scale to scale.
     warnings.filterwarnings("ignore", "Some donated buffers were not usable")
@@ -100,9 +101,11 @@ def main():
         return scale_step(*models(s_vae, s_var), ctx, carry, si, key, settings)[0]
 
     @jax.jit
-    def draws_only(logits, key):
-        return [sample_categorical(jax.random.fold_in(key, si), filter_top_k_top_p(g, settings.top_k, settings.top_p))
-                for si, g in enumerate(logits)]
+    def draws_only(logits, key):  # as the sampler draws: the noise of every scale at once
+        noise = gumbel_noise(key, (logits[0].shape[0], sum(g.shape[1] for g in logits), var.cfg.vocab_size))
+        ends = np.cumsum([g.shape[1] for g in logits])
+        return [sample_categorical(filter_top_k_top_p(g, settings.top_k, settings.top_p), noise[:, e - g.shape[1]:e])
+                for g, e in zip(logits, ends)]
 
     @jax.jit
     def decode_only(s_vae, f_hat):  # as the sampler decodes (one image at a time on a CPU)
@@ -155,7 +158,7 @@ def main():
         per_scale = []
         if not args.no_per_scale:
             def scale_times():
-                ctx, carry = jax.block_until_ready(begin(s_vae, s_var, labels))
+                ctx, carry = jax.block_until_ready(begin(s_vae, s_var, labels, key))
                 times = []
                 for si in range(len(var.cfg.patch_nums)):
                     t0 = time.perf_counter()

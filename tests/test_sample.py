@@ -14,7 +14,7 @@ from var_jax.models.state import abstract_model, init_model
 from var_jax.models.var import VAR
 from var_jax.models.vqvae import VQVAE
 from var_jax.ops.resample import bilinear_matrix
-from var_jax.ops.sampling import filter_top_k_top_p
+from var_jax.ops.sampling import cumulative_sum, filter_top_k_top_p, gumbel_noise, sample_categorical
 from var_jax.sample import (Sampler, SamplingSettings, _sample_program, box_keep_mask, decode, edit, generate,
                             scale_keep_masks)
 from var_jax.sample_npz import write_evaluation_npz
@@ -185,6 +185,22 @@ def test_top_k_top_p_with_ties_at_the_kth_match_the_official_rule(top_k, top_p):
     ours = np.asarray(filter_top_k_top_p(jnp.asarray(logits), top_k, top_p))
     np.testing.assert_array_equal(~np.isinf(ours), logits >= lowest_kept)
     assert (np.sum(logits >= np.sort(logits)[:, -top_k:-top_k + 1], axis=-1) > top_k).any()  # ties beyond k exist
+
+
+@pytest.mark.parametrize("n", [1, 2, 17, 900, 4096])
+def test_cumulative_sum_is_a_cumsum_within_float32_rounding(n):
+    # Relative to the total: measured ≤ 1.9e-7 for the blocked sums, 1.4e-7 for jnp.cumsum (n = 4096).
+    x = np.random.default_rng(n).random((3, 2, n)).astype(np.float32)
+    exact = np.cumsum(x.astype(np.float64), axis=-1)
+    np.testing.assert_allclose(np.asarray(cumulative_sum(jnp.asarray(x))), exact, rtol=0, atol=1e-6 * exact.max())
+
+
+def test_sample_categorical_is_jax_categorical_with_the_noise_given():
+    key, logits = jax.random.key(3), jax.random.normal(jax.random.key(1), (5, 7, 300)) * 3
+    logits = logits.at[..., :290].set(-jnp.inf)  # filtered out: never drawn
+    drawn = sample_categorical(logits, gumbel_noise(key, logits.shape))
+    np.testing.assert_array_equal(drawn, jax.random.categorical(key, logits))
+    assert int(drawn.min()) >= 290
 
 
 def test_top_k_keeps_ties():

@@ -23,7 +23,7 @@ from var_jax.models.layers import LayerKernel
 from var_jax.models.var import VAR, attention, block_forward, block_modulation, heads_first, inference_state
 from var_jax.models.vqvae import VQVAE
 from var_jax.ops.resample import resize
-from var_jax.ops.sampling import filter_top_k_top_p, gumbel_softmax, sample_categorical
+from var_jax.ops.sampling import filter_top_k_top_p, gumbel_noise, gumbel_softmax, sample_categorical
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,12 +110,14 @@ class Context(NamedTuple):
     the block parameters (without the AdaLN ones: the modulation depends on the class only, so it is
     computed once here rather than at every scale, which at batch 1 saves reading a third of the
     weights per scale): stacked in ``params``, and in ``kernels`` by path those held one array per
-    layer (``inference_state(per_layer=True)``; empty otherwise)."""
+    layer (``inference_state(per_layer=True)``; empty otherwise).  ``noise``: the Gumbel noise of
+    every scale's draw (B, positions, V), drawn at once."""
     cond: jax.Array
     mods: jax.Array
     lvl_pos: jax.Array
     params: dict
     kernels: dict
+    noise: jax.Array
 
 
 class Carry(NamedTuple):
@@ -125,9 +127,10 @@ class Carry(NamedTuple):
     f_hat: jax.Array
 
 
-def start(vae: VQVAE, var: VAR, labels: jax.Array, layout: parallel.Layout | None = None) -> tuple[Context, Carry]:
-    """The context of a batch of ``labels`` (B,) and the first scale's input: the start tokens.
-    ``layout`` splits the KV cache over a mesh by batch and heads."""
+def start(vae: VQVAE, var: VAR, labels: jax.Array, key: jax.Array,
+          layout: parallel.Layout | None = None) -> tuple[Context, Carry]:
+    """The context of a batch of ``labels`` (B,) with the draws' noise from ``key``, and the first
+    scale's input: the start tokens.  ``layout`` splits the KV cache over a mesh by batch and heads."""
     cfg = var.cfg
     B = labels.shape[0]
     cond = var.class_embedding(jnp.concatenate([labels, jnp.full_like(labels, cfg.num_classes)]))
@@ -147,7 +150,10 @@ def start(vae: VQVAE, var: VAR, labels: jax.Array, layout: parallel.Layout | Non
     mods = jax.lax.map(lambda xs: modulation(*xs), (params, jnp.arange(cfg.depth)))
     params = {k: v for k, v in params.items() if k not in ("ada_lin", "ada_gss")}
     kernels = {path: ks for path, ks in kernels.items() if path[0] != "ada_lin"}
-    return Context(cond, mods, lvl_pos, params, kernels), Carry(x, cache, f_hat)
+    noise = gumbel_noise(jax.random.fold_in(key, len(cfg.patch_nums)), (B, cfg.begin_ends()[-1][1], cfg.vocab_size))
+    if layout is not None:
+        noise = layout.constrain(noise, ("batch", "seq", None))
+    return Context(cond, mods, lvl_pos, params, kernels, noise), Carry(x, cache, f_hat)
 
 
 def scale_step(vae: VQVAE, var: VAR, ctx: Context, carry: Carry, si: int, key: jax.Array,
@@ -164,11 +170,10 @@ def scale_step(vae: VQVAE, var: VAR, ctx: Context, carry: Carry, si: int, key: j
     t = settings.cfg * ratio
     guided = (1 + t) * logits[:B] - t * logits[B:]
     filtered = filter_top_k_top_p(guided, settings.top_k, settings.top_p)
-    key_idx, key_gumbel = jax.random.split(jax.random.fold_in(key, si))
-    idx = sample_categorical(key_idx, filtered)
+    idx = sample_categorical(filtered, ctx.noise[:, begin:end])
     if settings.more_smooth:  # the categorical draw above still happens, as in the official code
         tau = max(0.27 * (1 - 0.95 * ratio), 0.005)
-        h = jnp.matmul(gumbel_softmax(key_gumbel, filtered * (1 + ratio), tau), codebook)
+        h = jnp.matmul(gumbel_softmax(jax.random.fold_in(key, si), filtered * (1 + ratio), tau), codebook)
     else:
         h = jnp.take(codebook, idx, axis=0)
     if forced is not None:
@@ -189,7 +194,7 @@ def generate(vae: VQVAE, var: VAR, labels: jax.Array, key: jax.Array, settings: 
     """All scales for labels (B,) → (final f̂ (B, h, w, Cvae), token maps[, guided logits per scale]).
     ``forced``, per scale, (tokens (B, pn²), keep (B, pn²) bool): where keep is set the given token
     replaces the sample."""
-    ctx, carry = start(vae, var, labels, layout)
+    ctx, carry = start(vae, var, labels, key, layout)
     tokens, all_logits = [], []
     for si in range(len(var.cfg.patch_nums)):
         carry, idx, logits = scale_step(vae, var, ctx, carry, si, key, settings,

@@ -1,6 +1,8 @@
 """Token sampling as the official ``sample_with_top_k_top_p_`` and ``gumbel_softmax_with_rng``."""
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -33,7 +35,7 @@ def filter_top_k_top_p(logits: jax.Array, top_k: int = 0, top_p: float = 0.0) ->
         top = jnp.max(ascending, axis=-1, keepdims=True)
         mass = jnp.exp(ascending - top)
         prefix = 0.0 if kth is None else ties_beyond * jnp.exp(kth - top)
-        cum = (prefix + jnp.cumsum(mass, axis=-1)) / (prefix + jnp.sum(mass, axis=-1, keepdims=True))
+        cum = (prefix + cumulative_sum(mass)) / (prefix + jnp.sum(mass, axis=-1, keepdims=True))
         remove = (cum <= 1 - top_p).at[..., -1].set(False)
         # The kept entries are a suffix of the ascending order: its first value is the cut-off (when the
         # cut falls among the ties beyond the k selected, the first selected value is that same kth).
@@ -43,12 +45,35 @@ def filter_top_k_top_p(logits: jax.Array, top_k: int = 0, top_p: float = 0.0) ->
     return logits
 
 
-def sample_categorical(key: jax.Array, logits: jax.Array) -> jax.Array:
-    """One draw per row from softmax(logits) (over the last axis)."""
-    return jax.random.categorical(key, logits, axis=-1)
+def cumulative_sum(x: jax.Array) -> jax.Array:
+    """``jnp.cumsum`` over the last axis as two products with triangular matrices of ones: within
+    blocks of about √n entries, then the blocks' totals.  XLA's CPU backend turns a cumsum into a
+    windowed reduction that took about 2 s of the d16 sampler's compile (ten scales) against 1 s
+    this way, and the blocked sums are as close to float64 as the sequential ones (2e-7 of the total
+    on 900 positive entries).  Full float32 precision on every backend (no TF32 or bfloat16 passes)."""
+    n = x.shape[-1]
+    block = math.isqrt(n - 1) + 1
+    blocks = -(-n // block)
+    padded = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, blocks * block - n)]).reshape(*x.shape[:-1], blocks, block)
+    upper = lambda m, k=0: jnp.triu(jnp.ones((m, m), x.dtype), k)  # noqa: E731
+    within = jnp.matmul(padded, upper(block), precision="highest")
+    before = jnp.matmul(within[..., -1], upper(blocks, 1), precision="highest")  # totals of earlier blocks
+    return (within + before[..., None]).reshape(*x.shape[:-1], blocks * block)[..., :n]
+
+
+def gumbel_noise(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """Standard Gumbel noise for :func:`sample_categorical` (float32)."""
+    return jax.random.gumbel(key, shape, jnp.float32)
+
+
+def sample_categorical(logits: jax.Array, noise: jax.Array) -> jax.Array:
+    """One draw per row from softmax(logits) over the last axis: the argmax of the logits plus Gumbel
+    noise of their shape (``jax.random.categorical``'s rule).  The caller draws the noise, so that one
+    draw serves every scale of the sampler: XLA compiles the random bits' generator once instead of at
+    each scale's shape (1.4 s of the d16 sampler's compile)."""
+    return jnp.argmax(logits + noise, axis=-1)
 
 
 def gumbel_softmax(key: jax.Array, logits: jax.Array, tau: float) -> jax.Array:
     """Soft Gumbel-softmax sample: softmax((logits + Gumbel noise) / tau)."""
-    g = jax.random.gumbel(key, logits.shape, jnp.float32)
-    return jax.nn.softmax((logits + g) / tau, axis=-1)
+    return jax.nn.softmax((logits + gumbel_noise(key, logits.shape)) / tau, axis=-1)
