@@ -379,6 +379,20 @@ def test_sample_command_checks_outputs_before_the_work(digits_model_dir, tmp_pat
     assert a_file.read_text() == "keep"
 
 
+def test_an_evaluation_set_on_one_device_is_sampled_without_a_mesh(digits_model_dir, tmp_path, monkeypatch):
+    from var_jax import sample_npz
+    write, layouts = sample_npz.write_evaluation_npz, []
+
+    def spy(sampler, *args, **kwargs):
+        layouts.append(sampler.layout)
+        return write(sampler, *args, **kwargs)
+
+    monkeypatch.setattr(sample_npz, "write_evaluation_npz", spy)
+    out = tmp_path / "eval.npz"
+    assert cli(["sample", "--ckpt", str(digits_model_dir), "--num", "4", "--npz", str(out)]) == 0
+    assert layouts == [None] and np.load(out)["arr_0"].shape == (4, 32, 32, 3)
+
+
 def test_default_classes_are_distinct_and_small_grids_are_scaled_up(digits_model_dir, tmp_path, capsys):
     grid, tokens = tmp_path / "grid.png", tmp_path / "t.npz"
     assert cli(["sample", "--ckpt", str(digits_model_dir), "--per-class", "1", "--out", str(grid),
