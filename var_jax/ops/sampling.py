@@ -48,9 +48,10 @@ def filter_top_k_top_p(logits: jax.Array, top_k: int = 0, top_p: float = 0.0) ->
 def cumulative_sum(x: jax.Array) -> jax.Array:
     """``jnp.cumsum`` over the last axis as two products with triangular matrices of ones: within
     blocks of about √n entries, then the blocks' totals.  XLA's CPU backend turns a cumsum into a
-    windowed reduction that took about 2 s of the d16 sampler's compile (ten scales) against 1 s
-    this way, and the blocked sums are as close to float64 as the sequential ones (2e-7 of the total
-    on 900 positive entries).  Full float32 precision on every backend (no TF32 or bfloat16 passes)."""
+    windowed reduction: the d16 sampler's top-k and top-p at its ten scales compiled in 3.8-3.9 s
+    with it, 2.8 s this way.  The blocked sums are as close to float64's as the sequential ones
+    (within 2e-7 of the total on up to 4,096 positive entries, jnp.cumsum within 1.4e-7), in full
+    float32 precision on every backend (no TF32 or bfloat16 passes)."""
     n = x.shape[-1]
     block = math.isqrt(n - 1) + 1
     blocks = -(-n // block)
