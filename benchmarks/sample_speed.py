@@ -28,7 +28,6 @@ from floor import floors, median_time, read_gb_per_s, xla_flops
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from var_jax import xla_cpu
@@ -102,10 +101,9 @@ def main():
 
     @jax.jit
     def draws_only(logits, key):  # as the sampler draws: the noise of every scale at once
-        noise = gumbel_noise(key, (logits[0].shape[0], sum(g.shape[1] for g in logits), var.cfg.vocab_size))
-        ends = np.cumsum([g.shape[1] for g in logits])
-        return [sample_categorical(filter_top_k_top_p(g, settings.top_k, settings.top_p), noise[:, e - g.shape[1]:e])
-                for g, e in zip(logits, ends)]
+        noise = gumbel_noise(key, (logits[0].shape[0], var.cfg.seq_len, var.cfg.vocab_size))
+        return [sample_categorical(filter_top_k_top_p(g, settings.top_k, settings.top_p), noise[:, begin:end])
+                for g, (begin, end) in zip(logits, var.cfg.begin_ends())]
 
     @jax.jit
     def decode_only(s_vae, f_hat):  # as the sampler decodes (one image at a time on a CPU)

@@ -150,7 +150,7 @@ def start(vae: VQVAE, var: VAR, labels: jax.Array, key: jax.Array,
     mods = jax.lax.map(lambda xs: modulation(*xs), (params, jnp.arange(cfg.depth)))
     params = {k: v for k, v in params.items() if k not in ("ada_lin", "ada_gss")}
     kernels = {path: ks for path, ks in kernels.items() if path[0] != "ada_lin"}
-    noise = gumbel_noise(jax.random.fold_in(key, len(cfg.patch_nums)), (B, cfg.begin_ends()[-1][1], cfg.vocab_size))
+    noise = gumbel_noise(jax.random.fold_in(key, len(cfg.patch_nums)), (B, cfg.seq_len, cfg.vocab_size))
     return Context(cond, mods, lvl_pos, params, kernels, noise), Carry(x, cache, f_hat)
 
 
