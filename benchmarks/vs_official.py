@@ -199,9 +199,9 @@ def ours_sample(vae, var, batch: int, args) -> dict:
     sampler = Sampler(vae, var, settings, uint8=False)  # float images in [0, 1], as the official returns
     labels, key = jnp.asarray(np.arange(batch) % var.cfg.num_classes, jnp.int32), jax.random.key(0)
     t0 = time.perf_counter()
-    compiled = sampler.lower(batch).compile()
+    sampler.compile(batch)
     compile_s = time.perf_counter() - t0
-    times = timed(lambda: compiled(sampler.states, labels, key, None)[0], args)[1]
+    times = timed(lambda: sampler(labels, key=key).images, args)[1]
     g_vae = sampler.graphdefs[0]
     f_hat = jax.ShapeDtypeStruct((batch, *vae.cfg.latent_hw(), vae.cfg.z_channels), jnp.float32)
     decode = jax.jit(lambda s, f: nnx.merge(g_vae, s).fhat_to_img(f))

@@ -15,8 +15,8 @@ from var_jax.models.var import VAR
 from var_jax.models.vqvae import VQVAE
 from var_jax.ops.resample import bilinear_matrix
 from var_jax.ops.sampling import cumulative_sum, filter_top_k_top_p, gumbel_noise, sample_categorical
-from var_jax.sample import (Sampler, SamplingSettings, _sample_program, box_keep_mask, decode, edit, generate,
-                            scale_keep_masks)
+from var_jax.sample import (Sampler, SamplingSettings, _image_program, _tokens_program, box_keep_mask, decode, edit,
+                            generate, scale_keep_masks)
 from var_jax.sample_npz import write_evaluation_npz
 
 # float32 models against float32 models computed along another path: 1e-4 is the parity tolerance,
@@ -106,8 +106,9 @@ def test_cpu_sampler_holds_the_block_kernels_per_layer_with_the_same_result(tiny
     ours = sampler(labels, seed=0)
     # The stacked float32 weights, sliced by the scan and converted at each use: the same operands reach
     # every product.
-    images, tokens = _sample_program(sampler.graphdefs, (sampler.states[0], nnx.split(var)[1]), labels,
-                                     jax.random.key(0), None, sampler.settings, False)
+    f_hat, tokens = _tokens_program(sampler.graphdefs, (sampler.states[0], nnx.split(var)[1]), labels,
+                                    jax.random.key(0), None, sampler.settings)
+    images = _image_program(sampler.graphdefs[0], sampler.states[0], f_hat, False)
     for a, b in zip(ours.tokens, tokens):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     np.testing.assert_allclose(np.asarray(ours.images), np.asarray(images), atol=1e-6)
@@ -120,6 +121,21 @@ def test_decoding_one_image_at_a_time_equals_the_batch(tiny_vae, helpers):
     one_by_one = nnx.jit(decode)(vae, f_hat)  # on a CPU: a loop over the images
     # another program layout, so float tolerance (measured: 1.4e-6 here, 7e-6 for the released decoder)
     np.testing.assert_allclose(np.asarray(one_by_one), np.asarray(nnx.jit(VQVAE.fhat_to_img)(vae, f_hat)), atol=1e-5)
+
+
+def test_programs_compiled_ahead_are_the_ones_a_call_runs(tiny_models, monkeypatch):
+    from var_jax import sample as sample_module
+    settings = SamplingSettings(cfg=2.0, top_k=8)
+    reference = Sampler(*tiny_models, settings)([0, 1, 2], seed=4)
+    sampler = Sampler(*tiny_models, settings)
+    programs = sampler.compile(3)
+    monkeypatch.setattr(sample_module, "_tokens_program", None)  # a call that compiled again would fail here
+    monkeypatch.setattr(sample_module, "_image_program", None)
+    ours = sampler([0, 1, 2], seed=4)
+    assert sampler.compile(3) is programs
+    np.testing.assert_array_equal(np.asarray(ours.images), np.asarray(reference.images))
+    for a, b in zip(ours.tokens, reference.tokens):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_random_and_unconditional_labels(tiny_models):

@@ -63,7 +63,10 @@ def param_bytes(var_cfg, mesh, rules) -> dict[str, int]:
 
 def sampler_memory(vae_cfg, var_cfg, mesh, rules, batch: int, settings=None) -> dict[str, int]:
     """The compiled sampler (uint8 images) for ``batch`` images on ``mesh`` with ``settings``
-    (default: those of ``var-jax sample``)."""
+    (default: those of ``var-jax sample``).  Its two programs run one after the other: both
+    programs' arguments (each takes the weights it reads; f̂, the scales' output and the decode's
+    input, counts twice: 2 MiB at batch 64) and outputs are held throughout, with the larger of
+    their temporaries."""
     from var_jax.models.state import abstract_model
     from var_jax.models.var import VAR
     from var_jax.models.vqvae import VQVAE
@@ -73,7 +76,11 @@ def sampler_memory(vae_cfg, var_cfg, mesh, rules, batch: int, settings=None) -> 
     settings = OFFICIAL_SETTINGS if settings is None else settings
     sampler = Sampler(abstract_model(VQVAE, vae_cfg), abstract_model(VAR, var_cfg), settings, mesh=mesh,
                       rules=rules)
-    return compiled_memory(sampler.lower(batch).compile())
+    tokens, images = (compiled_memory(p) for p in sampler.compile(batch))
+    out = {"arguments": tokens["arguments"] + images["arguments"], "outputs": tokens["outputs"] + images["outputs"],
+           "aliased": tokens["aliased"] + images["aliased"],
+           "temporaries": max(tokens["temporaries"], images["temporaries"])}
+    return {**out, "peak": out["arguments"] + out["outputs"] - out["aliased"] + out["temporaries"]}
 
 
 def train_step_memory(config, mesh, batch: int) -> dict[str, int]:
