@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from var_jax.models.quant import MultiScaleQuantizer, PatchNum, patch_hw
+from var_jax.ops.conv import conv
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,7 +90,7 @@ def _norm(channels: int, dtype, rngs) -> nnx.GroupNorm:
 
 def _conv(cin: int, cout: int, k: int, dtype, rngs, **kw) -> nnx.Conv:
     kw.setdefault("padding", k // 2)
-    return nnx.Conv(cin, cout, (k, k), dtype=dtype, rngs=rngs, **kw)
+    return nnx.Conv(cin, cout, (k, k), dtype=dtype, rngs=rngs, conv_general_dilated=conv, **kw)
 
 
 class ResnetBlock(nnx.Module):
