@@ -10,8 +10,8 @@ convolution to 3 channels 4.9 against 35 ms; VAR-d16's decode of one image 1.77 
 (compiled in 2.8-3.4 s against 3.0-3.2 s).  The product's float32 output, nine outputs of the
 convolution, adds about 320 MB of temporaries at 256×256 with 160 channels, which is why only one
 image at a time (the sampler's decode on a CPU) takes this form.  An image's 3 channels do not:
-44 against 16 ms.  In float32 XLA's own convolution is the faster (1.3×), and other backends run
-it well: the choice is made when the program is lowered for its platform
+44 against 16 ms.  In float32 XLA's own convolution was the faster (1.3× nine products, one a
+tap), and other backends run it well: the choice is made when the program is lowered for its platform
 (``lax.platform_dependent``), so a program compiled on a CPU for a TPU keeps the convolution.  The
 gradients are the convolution's own: through nine products, one a tap, they took 1.45× as long.
 """
