@@ -1,4 +1,4 @@
-"""The tokenizer's convolutions: one product with the nine taps for one bfloat16 image on a CPU, the convolution elsewhere."""
+"""The tokenizer's convolutions: for one bfloat16 image on a CPU one product with the nine taps."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -42,7 +42,9 @@ def test_one_bfloat16_image_is_one_product_rounded_like_the_convolution(seed):
 def test_its_gradients_are_the_convolutions():
     x, w = _operands(2)
     cotangent = jax.random.normal(jax.random.key(5), (1, *x.shape[1:3], 8)).astype(jnp.bfloat16)
-    ours = jax.jit(lambda a, b: jax.vjp(_conv, a, b)[1](cotangent))(x, w)
+    backward = jax.jit(lambda a, b: jax.vjp(_conv, a, b)[1](cotangent))
+    assert "convolution" in backward.lower(x, w).as_text()  # the transposed convolutions, not the product's
+    ours = backward(x, w)
     theirs = jax.jit(lambda a, b: jax.vjp(_xla, a, b)[1](cotangent))(x, w)
     for a, b in zip(ours, theirs):  # the same backward program: equal up to bfloat16's last place
         np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=2 ** -7, atol=1e-6)

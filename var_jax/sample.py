@@ -239,7 +239,7 @@ def _image_program(graphdef, state, f_hat, uint8, layout=None):
 class SamplerPrograms(NamedTuple):
     """A sampler's two compiled programs for one batch shape: the scales ``tokens(states, labels,
     key, forced)`` → (f̂, token maps) and the decode ``images(vae_state, f̂)``.  Apart, the decode
-    compiles beside the scales (on a CPU its compile overlaps theirs, see ``Sampler.compile``), and
+    compiles beside the scales (its compile overlaps theirs, see ``Sampler._compile``), and
     its temporaries and the KV cache are never held at once."""
     tokens: jax.stages.Compiled
     images: jax.stages.Compiled
