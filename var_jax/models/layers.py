@@ -14,6 +14,8 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
+from var_jax.ops.transpose import transposed
+
 Names = Sequence[str | None]
 
 
@@ -87,7 +89,8 @@ def matmul16(x: jax.Array, kernel: jax.Array) -> jax.Array:
     products of 16-bit operands too: the float32 cotangent is rounded to their dtype first, as the
     output of a 16-bit product would be (so ``torch.autocast`` does).  Left to JAX, the backward
     products would multiply the float32 cotangent by the operand converted to float32, at float32's
-    rate (on a CPU with AVX-512 BF16, half of bfloat16's)."""
+    rate (on a CPU with AVX-512 BF16, half of bfloat16's).  The kernel's gradient multiplies a
+    row-major copy of xᵀ (:mod:`var_jax.ops.transpose`); x's multiplies by kernelᵀ as it is."""
     return jnp.matmul(x, kernel, preferred_element_type=jnp.float32)
 
 
@@ -99,7 +102,8 @@ def _matmul16_bwd(residuals, g):
     x, kernel = residuals
     g = g.astype(x.dtype)
     dx = jnp.matmul(g, kernel.T, preferred_element_type=jnp.float32)
-    dk = jnp.matmul(x.reshape(-1, x.shape[-1]).T, g.reshape(-1, g.shape[-1]), preferred_element_type=jnp.float32)
+    dk = jnp.matmul(transposed(x.reshape(-1, x.shape[-1])), g.reshape(-1, g.shape[-1]),
+                    preferred_element_type=jnp.float32)
     return dx.astype(x.dtype), dk.astype(kernel.dtype)
 
 
