@@ -71,16 +71,14 @@ def sampler_memory(vae_cfg, var_cfg, mesh, rules, batch: int, settings=None) -> 
     from var_jax.models.var import VAR
     from var_jax.models.vqvae import VQVAE
     from var_jax.sample import OFFICIAL_SETTINGS, Sampler
-    from var_jax.train.step_memory import compiled_memory
+    from var_jax.train.step_memory import compiled_memory, with_peak
 
     settings = OFFICIAL_SETTINGS if settings is None else settings
     sampler = Sampler(abstract_model(VQVAE, vae_cfg), abstract_model(VAR, var_cfg), settings, mesh=mesh,
                       rules=rules)
     tokens, images = (compiled_memory(p) for p in sampler.compile(batch))
-    out = {"arguments": tokens["arguments"] + images["arguments"], "outputs": tokens["outputs"] + images["outputs"],
-           "aliased": tokens["aliased"] + images["aliased"],
-           "temporaries": max(tokens["temporaries"], images["temporaries"])}
-    return {**out, "peak": out["arguments"] + out["outputs"] - out["aliased"] + out["temporaries"]}
+    return with_peak({**{k: tokens[k] + images[k] for k in ("arguments", "outputs", "aliased")},
+                      "temporaries": max(tokens["temporaries"], images["temporaries"])})
 
 
 def train_step_memory(config, mesh, batch: int) -> dict[str, int]:

@@ -61,11 +61,14 @@ def compiled_memory(compiled) -> dict[str, int]:
     stats = compiled.memory_analysis()
     if stats is None:
         raise RuntimeError("this JAX backend reports no memory analysis for compiled programs")
-    out = {"arguments": stats.argument_size_in_bytes, "outputs": stats.output_size_in_bytes,
-           "aliased": stats.alias_size_in_bytes, "temporaries": stats.temp_size_in_bytes}
-    # Donated inputs are reused for outputs (aliased), so they count once.
-    out["peak"] = out["arguments"] + out["outputs"] - out["aliased"] + out["temporaries"]
-    return out
+    return with_peak({"arguments": stats.argument_size_in_bytes, "outputs": stats.output_size_in_bytes,
+                      "aliased": stats.alias_size_in_bytes, "temporaries": stats.temp_size_in_bytes})
+
+
+def with_peak(sizes: dict[str, int]) -> dict[str, int]:
+    """``sizes`` (arguments, outputs, aliased, temporaries) with the peak they add up to: donated
+    inputs are reused for outputs (aliased), so they count once."""
+    return {**sizes, "peak": sizes["arguments"] + sizes["outputs"] - sizes["aliased"] + sizes["temporaries"]}
 
 
 def out_of_memory(error: Exception) -> tuple[str, int, int] | None:
