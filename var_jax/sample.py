@@ -73,13 +73,30 @@ def _layer(p: dict, kernels: dict, layer: jax.Array) -> dict:
                                          **{path: LayerKernel(ks, layer) for path, ks in kernels.items()}})
 
 
-def _cached_blocks(var: VAR, params: dict, kernels: dict, x, mods, cache, begin: int, end: int):
+def _attention_by_row(q: jax.Array, k: jax.Array, v: jax.Array, scale: float) -> jax.Array:
+    """:func:`attention` one batch row at a time when lowered for a CPU (a loop over the rows), whole
+    elsewhere.  On a CPU the whole batch's float32 scores (2B, heads, queries, keys) go through main
+    memory (at VAR-d16's last scale at batch 8, 178 MB a layer); one row's (11 MB there) stay in the
+    processor's cache.  On a 2-core AMD EPYC (32 MB of L3), each scale compiled alone, float32: the
+    13×13 scale of batch 8 took 6.9 and 7.2 s against 10.4 and 10.8 s, the 16×16 one 13.0 and 11.4 s
+    against 14.4 and 15.2 s, and at batch 1 the 13×13 one 0.87 and 0.90 s against 1.15 and 1.10 s (the
+    other scales within noise); bfloat16 at batch 8, the 16×16 scale 7.6 and 8.4 s against 9.2 and
+    9.0 s.  Each row's numbers are the whole batch's."""
+    whole = lambda q, k, v: attention(q, k, v, scale)  # noqa: E731
+    by_row = lambda q, k, v: jax.lax.map(lambda r: whole(*(a[None] for a in r))[0], (q, k, v))  # noqa: E731
+    return jax.lax.platform_dependent(q, k, v, cpu=by_row, default=whole)
+
+
+def _cached_blocks(var: VAR, params: dict, kernels: dict, x, mods, cache, begin: int, end: int, *,
+                   by_row: bool):
     """Run every block on one scale's tokens (positions [begin, end)), attending over positions
     [0, end).  The cache (layers, 2B, heads, positions, head_dim) holds every scale but the last (no
     later scale reads the last one's keys and values): this scale's keys and values are written into
-    it when it has room, else appended."""
+    it when it has room, else appended.  ``by_row``: :func:`_attention_by_row` (not for a batch split
+    over a mesh, which a loop over its rows would gather)."""
     cfg = var.cfg
     write = end <= cache[0].shape[3]
+    attend_cache = _attention_by_row if by_row else attention
 
     def body(carry, xs):
         h, ck, cv = carry
@@ -94,10 +111,10 @@ def _cached_blocks(var: VAR, params: dict, kernels: dict, x, mods, cache, begin:
                 cv2 = jax.lax.dynamic_update_slice(cv, v[None].astype(cv.dtype), at)
                 keys = jax.lax.dynamic_index_in_dim(ck2, layer, keepdims=False)[:, :, :end]
                 values = jax.lax.dynamic_index_in_dim(cv2, layer, keepdims=False)[:, :, :end]
-                return attention(q, keys, values, scale), (ck2, cv2)
+                return attend_cache(q, keys, values, scale), (ck2, cv2)
             past = lambda c, new: jnp.concatenate(
                 [jax.lax.dynamic_index_in_dim(c, layer, keepdims=False)[:, :, :begin], new.astype(c.dtype)], axis=2)
-            return attention(q, past(ck, k), past(cv, v), scale), (ck, cv)
+            return attend_cache(q, past(ck, k), past(cv, v), scale), (ck, cv)
 
         h, (ck, cv) = block_forward(p, h, None, cfg, attend, mods=m)
         return (h, ck, cv), None
@@ -157,15 +174,18 @@ def start(vae: VQVAE, var: VAR, labels: jax.Array, key: jax.Array,
 
 
 def scale_step(vae: VQVAE, var: VAR, ctx: Context, carry: Carry, si: int, key: jax.Array,
-               settings: SamplingSettings, forced: tuple[jax.Array, jax.Array] | None = None):
+               settings: SamplingSettings, forced: tuple[jax.Array, jax.Array] | None = None,
+               layout: parallel.Layout | None = None):
     """Scale ``si`` (static): the blocks on its tokens, guided logits, the draw, f̂ and the next
-    scale's input.  → (carry, tokens (B, pn²), guided logits (B, pn², V))."""
+    scale's input.  → (carry, tokens (B, pn²), guided logits (B, pn², V)).  ``layout``: the mesh
+    the batch is split over, if any."""
     cfg = var.cfg
     SN, begin_ends = len(cfg.patch_nums), cfg.begin_ends()
     (begin, end), pn, ratio = begin_ends[si], cfg.patch_nums[si], si / (SN - 1)
     B = carry.f_hat.shape[0]
     codebook = vae.quantize.embedding.embedding[...]
-    x, cache = _cached_blocks(var, ctx.params, ctx.kernels, carry.x, ctx.mods, carry.cache, begin, end)
+    x, cache = _cached_blocks(var, ctx.params, ctx.kernels, carry.x, ctx.mods, carry.cache, begin, end,
+                              by_row=layout is None)
     logits = var.logits(x, ctx.cond)
     t = settings.cfg * ratio
     guided = (1 + t) * logits[:B] - t * logits[B:]
@@ -198,7 +218,7 @@ def generate(vae: VQVAE, var: VAR, labels: jax.Array, key: jax.Array, settings: 
     tokens, all_logits = [], []
     for si in range(len(var.cfg.patch_nums)):
         carry, idx, logits = scale_step(vae, var, ctx, carry, si, key, settings,
-                                        None if forced is None else forced[si])
+                                        None if forced is None else forced[si], layout)
         tokens.append(idx)
         all_logits.append(logits)
     return (carry.f_hat, tokens, all_logits) if with_logits else (carry.f_hat, tokens)
