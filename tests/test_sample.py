@@ -15,8 +15,8 @@ from var_jax.models.var import VAR, attention
 from var_jax.models.vqvae import VQVAE
 from var_jax.ops.resample import bilinear_matrix
 from var_jax.ops.sampling import cumulative_sum, filter_top_k_top_p, gumbel_noise, sample_categorical
-from var_jax.sample import (Sampler, SamplingSettings, _attention_by_row, _image_program, _tokens_program,
-                            box_keep_mask, decode, edit, generate, scale_keep_masks)
+from var_jax.sample import (Sampler, SamplingSettings, _as_loaded, _as_stored, _attention_by_row, _image_program,
+                            _tokens_program, box_keep_mask, decode, edit, generate, scale_keep_masks)
 from var_jax.sample_npz import write_evaluation_npz
 
 # float32 models against float32 models computed along another path: 1e-4 is the parity tolerance,
@@ -131,6 +131,22 @@ def test_only_a_cpu_attends_row_by_row():
     fn = jax.jit(_attention_by_row, static_argnums=3)
     assert "stablehlo.while" in fn.lower(q, kv, kv, 0.35).as_text()
     assert "stablehlo.while" not in fn.trace(q, kv, kv, 0.35).lower(lowering_platforms=("tpu",)).as_text()
+
+
+def test_a_bfloat16_kv_cache_holds_its_bits_and_is_never_converted_whole(tiny_vae, tiny_var):
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(3, 4)), jnp.float32)
+    stored = _as_stored(x, jnp.bfloat16)
+    assert stored.dtype == jnp.uint16 and _as_stored(x, jnp.float32).dtype == jnp.float32
+    np.testing.assert_array_equal(np.asarray(_as_loaded(stored, jnp.bfloat16)), np.asarray(x.astype(jnp.bfloat16)))
+    vae = init_model(VQVAE, tiny_vae(dtype="bfloat16"), seed=0)
+    var = init_model(VAR, tiny_var(patch_nums=(1, 2, 4), dtype="bfloat16"), seed=1)
+    sampler = Sampler(vae, var, SamplingSettings(cfg=2.0))
+    hlo = _tokens_program.lower(sampler.graphdefs, sampler.states, jnp.asarray([0, 1], jnp.int32), jax.random.key(0),
+                                None, sampler.settings).compile().as_text()
+    cfg = var.cfg
+    cache = f"[{cfg.depth},4,{cfg.num_heads},{cfg.begin_ends()[-1][0]},{cfg.head_dim}]"
+    assert f"u16{cache}" in hlo
+    assert f"f32{cache}" not in hlo and f"bf16{cache}" not in hlo
 
 
 def test_decoding_one_image_at_a_time_equals_the_batch(tiny_vae, helpers):

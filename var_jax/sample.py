@@ -87,6 +87,22 @@ def _attention_by_row(q: jax.Array, k: jax.Array, v: jax.Array, scale: float) ->
     return jax.lax.platform_dependent(q, k, v, cpu=by_row, default=whole)
 
 
+def _stored_dtype(dtype) -> jnp.dtype:
+    """The KV cache's element type for keys and values of ``dtype``: a 16-bit float's bits as uint16.
+    XLA's CPU backend computes a bfloat16 update of a slice in float32, converting the whole array
+    there and back, so each layer's write into a bfloat16 cache read and wrote all of it (VAR-d16:
+    28 MB each for keys and values); an integer slice is written in place."""
+    return jnp.dtype(jnp.uint16) if jnp.dtype(dtype).itemsize == 2 else jnp.dtype(dtype)
+
+
+def _as_stored(a: jax.Array, dtype) -> jax.Array:
+    return jax.lax.bitcast_convert_type(a.astype(dtype), _stored_dtype(dtype))
+
+
+def _as_loaded(a: jax.Array, dtype) -> jax.Array:
+    return jax.lax.bitcast_convert_type(a, jnp.dtype(dtype))
+
+
 def _cached_blocks(var: VAR, params: dict, kernels: dict, x, mods, cache, begin: int, end: int, *,
                    by_row: bool):
     """Run every block on one scale's tokens (positions [begin, end)), attending over positions
@@ -104,17 +120,18 @@ def _cached_blocks(var: VAR, params: dict, kernels: dict, x, mods, cache, begin:
         p = _layer(p, kernels, layer)
 
         def attend(q, k, v, scale, _key):
-            k, v = heads_first(k), heads_first(v)
+            k, v = (_as_stored(heads_first(a), cfg.dtype) for a in (k, v))
             if write:
                 at = (layer, 0, 0, begin, 0)
-                ck2 = jax.lax.dynamic_update_slice(ck, k[None].astype(ck.dtype), at)
-                cv2 = jax.lax.dynamic_update_slice(cv, v[None].astype(cv.dtype), at)
+                ck2 = jax.lax.dynamic_update_slice(ck, k[None], at)
+                cv2 = jax.lax.dynamic_update_slice(cv, v[None], at)
                 keys = jax.lax.dynamic_index_in_dim(ck2, layer, keepdims=False)[:, :, :end]
                 values = jax.lax.dynamic_index_in_dim(cv2, layer, keepdims=False)[:, :, :end]
-                return attend_cache(q, keys, values, scale), (ck2, cv2)
-            past = lambda c, new: jnp.concatenate(
-                [jax.lax.dynamic_index_in_dim(c, layer, keepdims=False)[:, :, :begin], new.astype(c.dtype)], axis=2)
-            return attend_cache(q, past(ck, k), past(cv, v), scale), (ck, cv)
+            else:
+                past = lambda c, new: jnp.concatenate(  # noqa: E731
+                    [jax.lax.dynamic_index_in_dim(c, layer, keepdims=False)[:, :, :begin], new], axis=2)
+                keys, values, ck2, cv2 = past(ck, k), past(cv, v), ck, cv
+            return attend_cache(q, _as_loaded(keys, cfg.dtype), _as_loaded(values, cfg.dtype), scale), (ck2, cv2)
 
         h, (ck, cv) = block_forward(p, h, None, cfg, attend, mods=m)
         return (h, ck, cv), None
@@ -157,7 +174,7 @@ def start(vae: VQVAE, var: VAR, labels: jax.Array, key: jax.Array,
     first_l = cfg.begin_ends()[0][1]
     x = cond[:, None, :] + var.pos_start[...][None] + lvl_pos[None, :first_l]
     cache_shape = (cfg.depth, 2 * B, cfg.num_heads, cfg.begin_ends()[-1][0], cfg.head_dim)
-    cache = (jnp.zeros(cache_shape, cfg.dtype), jnp.zeros(cache_shape, cfg.dtype))
+    cache = (jnp.zeros(cache_shape, _stored_dtype(cfg.dtype)), jnp.zeros(cache_shape, _stored_dtype(cfg.dtype)))
     if layout is not None:
         cache = tuple(layout.constrain(c, ("layers", "batch", "heads", "seq", None)) for c in cache)
     side = cfg.patch_nums[-1]
