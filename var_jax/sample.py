@@ -88,11 +88,14 @@ def _attention_by_row(q: jax.Array, k: jax.Array, v: jax.Array, scale: float) ->
 
 
 def _stored_dtype(dtype) -> jnp.dtype:
-    """The KV cache's element type for keys and values of ``dtype``: a 16-bit float's bits as uint16.
-    XLA's CPU backend computes a bfloat16 update of a slice in float32, converting the whole array
-    there and back, so each layer's write into a bfloat16 cache read and wrote all of it (VAR-d16:
-    28 MB each for keys and values); an integer slice is written in place."""
-    return jnp.dtype(jnp.uint16) if jnp.dtype(dtype).itemsize == 2 else jnp.dtype(dtype)
+    """The KV cache's element type for keys and values of ``dtype``: on a CPU a 16-bit float's bits
+    as uint16.  XLA's CPU backend computes a bfloat16 update of a slice in float32, converting the
+    whole array there and back, so each layer's write into a bfloat16 cache read and wrote all of it
+    (VAR-d16 at batch 1: 28 MB each for keys and values); an integer slice is written in place.
+    Other backends update bfloat16 in place and keep it."""
+    if jnp.dtype(dtype).itemsize == 2 and jax.default_backend() == "cpu":
+        return jnp.dtype(jnp.uint16)
+    return jnp.dtype(dtype)
 
 
 def _as_stored(a: jax.Array, dtype) -> jax.Array:
