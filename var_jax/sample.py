@@ -81,7 +81,7 @@ def _attention_by_row(q: jax.Array, k: jax.Array, v: jax.Array, scale: float) ->
     13×13 scale of batch 8 took 6.9 and 7.2 s against 10.4 and 10.8 s, the 16×16 one 13.0 and 11.4 s
     against 14.4 and 15.2 s, and at batch 1 the 13×13 one 0.87 and 0.90 s against 1.15 and 1.10 s (the
     other scales within noise); bfloat16 at batch 8, the 16×16 scale 7.6 and 8.4 s against 9.2 and
-    9.0 s.  Each row's numbers are the whole batch's."""
+    9.0 s (times of the whole batch)."""
     whole = lambda q, k, v: attention(q, k, v, scale)  # noqa: E731
     by_row = lambda q, k, v: jax.lax.map(lambda r: whole(*(a[None] for a in r))[0], (q, k, v))  # noqa: E731
     return jax.lax.platform_dependent(q, k, v, cpu=by_row, default=whole)
@@ -160,7 +160,8 @@ class Context(NamedTuple):
 
 
 class Carry(NamedTuple):
-    """What one scale hands to the next: the next scale's input tokens (2B, n, C), the KV cache and f̂."""
+    """What one scale hands to the next: the next scale's input tokens (2B, n, C), the KV cache (in
+    :func:`_stored_dtype`) and f̂."""
     x: jax.Array
     cache: tuple[jax.Array, jax.Array]
     f_hat: jax.Array
