@@ -178,7 +178,7 @@ def start(vae: VQVAE, var: VAR, labels: jax.Array, key: jax.Array,
     first_l = cfg.begin_ends()[0][1]
     x = cond[:, None, :] + var.pos_start[...][None] + lvl_pos[None, :first_l]
     cache_shape = (cfg.depth, 2 * B, cfg.num_heads, cfg.begin_ends()[-1][0], cfg.head_dim)
-    cache = (jnp.zeros(cache_shape, _stored_dtype(cfg.dtype)), jnp.zeros(cache_shape, _stored_dtype(cfg.dtype)))
+    cache = tuple(jnp.zeros(cache_shape, _stored_dtype(cfg.dtype)) for _ in "kv")
     if layout is not None:
         cache = tuple(layout.constrain(c, ("layers", "batch", "heads", "seq", None)) for c in cache)
     side = cfg.patch_nums[-1]
