@@ -33,11 +33,14 @@ def call_times(fn, repeats: int) -> list[float]:
 
 
 def xla_flops(jitted, *args) -> float:
-    """FLOPs XLA counts in ``jitted(*args)`` before fusion, lowered for the CPU: a GPU lowering has
-    no cost analysis (None), and a compiled GPU program does not count its library calls."""
+    """The model's FLOPs in ``jitted(*args)``, as XLA counts them before fusion in the program lowered
+    for a TPU, whose convolutions stay convolutions: lowered for a CPU they take forms that multiply
+    less for the same result (``var_jax/ops/conv.py``), which would count less than the model's work.
+    The count runs on the CPU client: a GPU lowering has no cost analysis (None), and a compiled GPU
+    program does not count its library calls."""
     cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
     shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=cpu), args)
-    return jitted.lower(*shapes).cost_analysis()["flops"]
+    return jitted.trace(*shapes).lower(lowering_platforms=("tpu",)).cost_analysis()["flops"]
 
 
 def default_size() -> int:

@@ -1,19 +1,31 @@
-"""The tokenizer's convolutions, with a faster form for one bfloat16 image on a CPU.
+"""The tokenizer's 3×3 convolutions, in the forms XLA's CPU backend runs fastest.
 
-XLA's CPU backend runs a bfloat16 convolution at about its float32 rate, while its bfloat16 matrix
-products run faster (twice float32's rate where the CPU has AVX-512 BF16).  So on a CPU a bfloat16
-3×3 convolution of stride 1 and padding 1 of one image with at least ``MIN_IN_CHANNELS`` channels
-is one product of the input with all nine taps side by side, accumulated in float32, whose nine
-shifted slices are summed and rounded once.  On a 2-core AMD EPYC with AVX-512 BF16: at 256×256
-with 160 channels 133 ms against 164 ms; at 16×16 with 640, 7.4 against 19.1 ms; the decoder's last
-convolution to 3 channels 4.9 against 35 ms; VAR-d16's decode of one image 1.77 s against 2.35-2.38 s
-(compiled in 2.8-3.4 s against 3.0-3.2 s).  The product's float32 output, nine outputs of the
-convolution, adds about 320 MB of temporaries at 256×256 with 160 channels, which is why only one
-image at a time (the sampler's decode on a CPU) takes this form.  An image's 3 channels do not:
-44 against 16 ms.  In float32 XLA's own convolution was the faster (1.3× nine products, one a
-tap), and other backends run it well: the choice is made when the program is lowered for its platform
-(``lax.platform_dependent``), so a program compiled on a CPU for a TPU keeps the convolution.  The
-gradients are the convolution's own: through nine products, one a tap, they took 1.45× as long.
+A 3×3 convolution of stride 1 and padding 1 of an input of at least ``MIN_CHANNELS`` channels and
+even height and width (:func:`same_3x3`) takes one of these forms when its program is lowered for a
+CPU (``lax.platform_dependent``: a program compiled on a CPU for a TPU keeps the convolution, which
+other backends run well). Times on a 2-core AMD EPYC with AVX-512 BF16:
+
+- To at least ``MIN_CHANNELS`` channels on at least ``MIN_WINOGRAD_PIXELS``: Winograd's F(2×2, 3×3)
+  (Lavin and Gray, 2016). Each 2×2 output tile comes from a 4×4 input tile by 16 products of C × O
+  where the convolution does 36, 2.25 times fewer multiplications. The tiles' transforms run in
+  float32, each rounded once to the products' dtype; the products accumulate in float32. Against
+  XLA's convolution in float32: 122 against 160 ms at 256×256 with 160 channels, 97 against 146 ms
+  at 128×128 with 320; in bfloat16, against the taps' product below: 76 against 127 and 61 against
+  112 ms. The float32 results differ from the convolution's by at most 4.3e-6 at those shapes
+  (inputs of unit variance). The temporaries are 4 times the input in the products' dtype and 4
+  times the output in float32. Each such convolution is some 34 small kernels to compile: VAR-d16's
+  decode of one image compiled in 10.9 s with them at every size, 6.7 s from 64×64 up and 1.3 s
+  without them, and ran in 1.44, 1.63 and 2.22 s in float32.
+- To fewer channels (the decoder's last, to an image's 3), and in bfloat16 for one image of fewer
+  pixels: one product of the input with the nine taps side by side (K = C, N = 9·O), accumulated in
+  float32, whose nine shifted slices are summed and rounded once. At 256×256 from 160 to 3 channels
+  12 against 34 ms in float32 and 6 against 34 ms in bfloat16 (Winograd's 49 and 30 ms); at 16×16
+  with 640 channels in bfloat16 7 against 13 ms (in float32 13 against 12 ms). Its float32 output,
+  nine outputs of the convolution, is why wide bfloat16 convolutions take it for one image only.
+- Otherwise XLA's convolution. An input of 3 channels keeps it: Winograd's took 29 against 13 ms for
+  3 to 160 channels at 256×256.
+
+The gradients are the convolution's own.
 """
 from __future__ import annotations
 
@@ -21,8 +33,14 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-MIN_IN_CHANNELS = 32  # measured: 3 (slower), 32 to 640 (faster)
+MIN_CHANNELS = 32  # measured: 3 (slower in either form), 16 to 640 (faster)
+MIN_WINOGRAD_PIXELS = 64 * 64  # below, Winograd's form compiles in more time than it saves (above)
 _NHWC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), out_spec=(0, 3, 1, 2))
+
+# F(2×2, 3×3): input tile d (4×4) -> Bᵀ·d·B, kernel g (3×3) -> G·g·Gᵀ, their product m -> Aᵀ·m·A (2×2).
+_B_T = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))
+_G = ((1, 0, 0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0, 0, 1))
+_A_T = ((1, 1, 1, 0), (0, 1, -1, -1))
 
 
 def _same_3x3(lhs: jax.Array, rhs: jax.Array) -> jax.Array:
@@ -30,9 +48,36 @@ def _same_3x3(lhs: jax.Array, rhs: jax.Array) -> jax.Array:
     return lax.conv_general_dilated(lhs, rhs, (1, 1), [(1, 1), (1, 1)], dimension_numbers=_NHWC)
 
 
+def _combine(coefficients, terms):
+    """Σ c·t over the nonzero coefficients, a coefficient of ±1 as an addition or subtraction."""
+    total = None
+    for c, t in zip(coefficients, terms):
+        if c:
+            t = t if c == 1 else -t if c == -1 else c * t
+            total = t if total is None else total + t
+    return total
+
+
+def _winograd(lhs: jax.Array, rhs: jax.Array) -> jax.Array:
+    """The convolution as F(2×2, 3×3); H and W even.  The 16 products are separate: as one batched
+    product of the stacked tiles it took 180 against 124 ms (float32, 256×256 with 160 channels)."""
+    (_, H, W, _), f32 = lhs.shape, jnp.float32
+    padded = jnp.pad(lhs.astype(f32), ((0, 0), (1, 1), (1, 1), (0, 0)))
+    rows = [padded[:, a:a + H:2] for a in range(4)]  # row a of every tile
+    rows = [_combine(b, rows) for b in _B_T]
+    tiles = [[_combine(b, [r[:, :, a:a + W:2] for a in range(4)]).astype(lhs.dtype) for b in _B_T] for r in rows]
+    kernel = [_combine(g, list(rhs.astype(f32))) for g in _G]
+    kernel = [[_combine(g, list(k)).astype(lhs.dtype) for g in _G] for k in kernel]
+    products = [[jnp.einsum("bhwc,co->bhwo", t, k, preferred_element_type=f32) for t, k in zip(ts, ks)]
+                for ts, ks in zip(tiles, kernel)]
+    rows = [[_combine(a, column) for column in zip(*products)] for a in _A_T]  # [a][j]: output row a, column j
+    out = jnp.stack([jnp.stack([_combine(a, r) for a in _A_T], axis=3) for r in rows], axis=2)
+    return out.reshape(*lhs.shape[:3], rhs.shape[-1]).astype(lhs.dtype)
+
+
 def _taps_product(lhs: jax.Array, rhs: jax.Array) -> jax.Array:
-    """The same convolution as one product with the nine taps (K = C, N = 9·O), accumulated in
-    float32; each output sums nine shifted slices of it, then rounds once."""
+    """The convolution as one product with the nine taps (K = C, N = 9·O), accumulated in float32;
+    each output sums nine shifted slices of it, then rounds once."""
     (_, H, W, C), O = lhs.shape, rhs.shape[-1]
     padded = jnp.pad(lhs, ((0, 0), (1, 1), (1, 1), (0, 0)))
     taps = jnp.einsum("bhwc,cto->bhwto", padded, rhs.reshape(9, C, O).transpose(1, 0, 2),
@@ -40,34 +85,44 @@ def _taps_product(lhs: jax.Array, rhs: jax.Array) -> jax.Array:
     return sum(taps[:, i:i + H, j:j + W, 3 * i + j] for i in range(3) for j in range(3)).astype(lhs.dtype)
 
 
+def _cpu_form(lhs: jax.Array, rhs: jax.Array):
+    """Which of the forms above a CPU runs for this input and kernel."""
+    if rhs.shape[-1] < MIN_CHANNELS:
+        return _taps_product
+    if lhs.shape[1] * lhs.shape[2] >= MIN_WINOGRAD_PIXELS:
+        return _winograd
+    return _taps_product if lhs.dtype == jnp.bfloat16 and lhs.shape[0] == 1 else _same_3x3
+
+
 @jax.custom_vjp
-def same_3x3_bfloat16(lhs: jax.Array, rhs: jax.Array) -> jax.Array:
-    """A bfloat16 :func:`_same_3x3`: the taps' product when lowered for a CPU, the convolution elsewhere."""
-    return lax.platform_dependent(lhs, rhs, cpu=_taps_product, default=_same_3x3)
+def same_3x3(lhs: jax.Array, rhs: jax.Array) -> jax.Array:
+    """:func:`_same_3x3` of an input of at least ``MIN_CHANNELS`` channels and even height and width,
+    in the form :func:`_cpu_form` chooses when lowered for a CPU."""
+    return lax.platform_dependent(lhs, rhs, cpu=_cpu_form(lhs, rhs), default=_same_3x3)
 
 
 def _forward(lhs, rhs):
-    return same_3x3_bfloat16(lhs, rhs), (lhs, rhs)
+    return same_3x3(lhs, rhs), (lhs, rhs)
 
 
 def _backward(residuals, cotangent):
     return jax.vjp(_same_3x3, *residuals)[1](cotangent)
 
 
-same_3x3_bfloat16.defvjp(_forward, _backward)
+same_3x3.defvjp(_forward, _backward)
 
 
 def conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
          feature_group_count=1, precision=None, preferred_element_type=None, out_sharding=None) -> jax.Array:
-    """``lax.conv_general_dilated`` (as ``nnx.Conv`` calls it), where a bfloat16 3×3 convolution of
-    stride 1 and padding 1 of one NHWC image of enough channels is :func:`same_3x3_bfloat16`."""
+    """``lax.conv_general_dilated`` (as ``nnx.Conv`` calls it), where a 3×3 convolution of stride 1
+    and padding 1 of an NHWC input of even size and enough channels is :func:`same_3x3`."""
     if (lhs.ndim == 4 and rhs.shape[:2] == (3, 3) and dimension_numbers == _NHWC and tuple(window_strides) == (1, 1)
             and not isinstance(padding, str) and [tuple(p) for p in padding] == [(1, 1), (1, 1)]
             and all(d == 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ()))) and feature_group_count == 1
-            and precision is None and out_sharding is None and preferred_element_type in (None, jnp.bfloat16)
-            and lhs.dtype == rhs.dtype == jnp.bfloat16
-            and lhs.shape[0] == 1 and lhs.shape[3] >= MIN_IN_CHANNELS):
-        return same_3x3_bfloat16(lhs, rhs)
+            and precision is None and out_sharding is None and preferred_element_type in (None, lhs.dtype)
+            and lhs.dtype == rhs.dtype and lhs.shape[3] >= MIN_CHANNELS
+            and lhs.shape[1] % 2 == 0 and lhs.shape[2] % 2 == 0):
+        return same_3x3(lhs, rhs)
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
                                     rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
                                     feature_group_count=feature_group_count, precision=precision,
