@@ -1,11 +1,11 @@
 """The tokenizer's 3×3 convolutions, in the forms XLA's CPU backend runs fastest.
 
-A 3×3 convolution of stride 1 and padding 1 of an input of at least ``MIN_CHANNELS`` channels and
-even height and width (:func:`same_3x3`) takes one of these forms when its program is lowered for a
-CPU (``lax.platform_dependent``: a program compiled on a CPU for a TPU keeps the convolution, which
+A 3×3 convolution of stride 1 and padding 1 of an input of at least ``MIN_CHANNELS`` channels
+(:func:`same_3x3`) takes one of these forms when its program is lowered for a CPU (``lax.platform_dependent``: a program compiled on a CPU for a TPU keeps the convolution, which
 other backends run well). Times on a 2-core AMD EPYC with AVX-512 BF16:
 
-- To at least ``MIN_CHANNELS`` channels on at least ``MIN_WINOGRAD_PIXELS``: Winograd's F(2×2, 3×3)
+- To at least ``MIN_CHANNELS`` channels on at least ``MIN_WINOGRAD_PIXELS`` of even height and
+  width (one bfloat16 image: ``MIN_WINOGRAD_PIXELS_ONE_BFLOAT16_IMAGE``): Winograd's F(2×2, 3×3)
   (Lavin and Gray, 2016). Each 2×2 output tile comes from a 4×4 input tile by 16 products of C × O
   where the convolution does 36, 2.25 times fewer multiplications. The tiles' transforms run in
   float32, each rounded once to the products' dtype; the products accumulate in float32. Against
@@ -15,9 +15,12 @@ other backends run well). Times on a 2-core AMD EPYC with AVX-512 BF16:
   (inputs of unit variance). The temporaries are 4 times the input in the products' dtype and 4
   times the output in float32. Each such convolution is some 34 small kernels to compile: VAR-d16's
   decode of one image compiled in 10.9 s with them at every size, 6.7 s from 64×64 up and 1.3 s
-  without them, and ran in 1.44, 1.63 and 2.22 s in float32.
-- To fewer channels (the decoder's last, to an image's 3), and in bfloat16 for one image of fewer
-  pixels: one product of the input with the nine taps side by side (K = C, N = 9·O), accumulated in
+  without them, and ran in 1.44, 1.63 and 2.22 s in float32. XLA compiles bfloat16 programs more
+  slowly: the bfloat16 sampler at batch 8, whose decode takes one image at a time, compiled in 16.0
+  s with them from 64×64 up and in 13.3 s from 128×128 up, and ran as fast (3.53 and 3.55 s an
+  image).
+- To fewer channels (the decoder's last, to an image's 3), and for one bfloat16 image below
+  Winograd's size: one product of the input with the nine taps side by side (K = C, N = 9·O), accumulated in
   float32, whose nine shifted slices are summed and rounded once. At 256×256 from 160 to 3 channels
   12 against 34 ms in float32 and 6 against 34 ms in bfloat16 (Winograd's 49 and 30 ms); at 16×16
   with 640 channels in bfloat16 7 against 13 ms (in float32 13 against 12 ms). Its float32 output,
@@ -35,6 +38,7 @@ from jax import lax
 
 MIN_CHANNELS = 32  # measured: 3 (slower in either form), 16 to 640 (faster)
 MIN_WINOGRAD_PIXELS = 64 * 64  # below, Winograd's form compiles in more time than it saves (above)
+MIN_WINOGRAD_PIXELS_ONE_BFLOAT16_IMAGE = 128 * 128  # below, the taps' product: as fast, compiled sooner
 _NHWC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), out_spec=(0, 3, 1, 2))
 
 # F(2×2, 3×3): input tile d (4×4) -> Bᵀ·d·B, kernel g (3×3) -> G·g·Gᵀ, their product m -> Aᵀ·m·A (2×2).
@@ -87,17 +91,17 @@ def _taps_product(lhs: jax.Array, rhs: jax.Array) -> jax.Array:
 
 def _cpu_form(lhs: jax.Array, rhs: jax.Array):
     """Which of the forms above a CPU runs for this input and kernel."""
-    if rhs.shape[-1] < MIN_CHANNELS:
+    (batch, H, W, _), O = lhs.shape, rhs.shape[-1]
+    one_bfloat16_image = lhs.dtype == jnp.bfloat16 and batch == 1
+    if O < MIN_CHANNELS or one_bfloat16_image and H * W < MIN_WINOGRAD_PIXELS_ONE_BFLOAT16_IMAGE:
         return _taps_product
-    if lhs.shape[1] * lhs.shape[2] >= MIN_WINOGRAD_PIXELS:
-        return _winograd
-    return _taps_product if lhs.dtype == jnp.bfloat16 and lhs.shape[0] == 1 else _same_3x3
+    return _winograd if H * W >= MIN_WINOGRAD_PIXELS and H % 2 == W % 2 == 0 else _same_3x3
 
 
 @jax.custom_vjp
 def same_3x3(lhs: jax.Array, rhs: jax.Array) -> jax.Array:
-    """:func:`_same_3x3` of an input of at least ``MIN_CHANNELS`` channels and even height and width,
-    in the form :func:`_cpu_form` chooses when lowered for a CPU."""
+    """:func:`_same_3x3` of an input of at least ``MIN_CHANNELS`` channels, in the form
+    :func:`_cpu_form` chooses when lowered for a CPU."""
     return lax.platform_dependent(lhs, rhs, cpu=_cpu_form(lhs, rhs), default=_same_3x3)
 
 
@@ -115,13 +119,12 @@ same_3x3.defvjp(_forward, _backward)
 def conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
          feature_group_count=1, precision=None, preferred_element_type=None, out_sharding=None) -> jax.Array:
     """``lax.conv_general_dilated`` (as ``nnx.Conv`` calls it), where a 3×3 convolution of stride 1
-    and padding 1 of an NHWC input of even size and enough channels is :func:`same_3x3`."""
+    and padding 1 of an NHWC input of enough channels is :func:`same_3x3`."""
     if (lhs.ndim == 4 and rhs.shape[:2] == (3, 3) and dimension_numbers == _NHWC and tuple(window_strides) == (1, 1)
             and not isinstance(padding, str) and [tuple(p) for p in padding] == [(1, 1), (1, 1)]
             and all(d == 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ()))) and feature_group_count == 1
             and precision is None and out_sharding is None and preferred_element_type in (None, lhs.dtype)
-            and lhs.dtype == rhs.dtype and lhs.shape[3] >= MIN_CHANNELS
-            and lhs.shape[1] % 2 == 0 and lhs.shape[2] % 2 == 0):
+            and lhs.dtype == rhs.dtype and lhs.shape[3] >= MIN_CHANNELS):
         return same_3x3(lhs, rhs)
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
                                     rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
