@@ -1,7 +1,8 @@
 """The tokenizer's 3×3 convolutions, in the forms XLA's CPU backend runs fastest.
 
 A 3×3 convolution of stride 1 and padding 1 of an input of at least ``MIN_CHANNELS`` channels
-(:func:`same_3x3`) takes one of these forms when its program is lowered for a CPU (``lax.platform_dependent``: a program compiled on a CPU for a TPU keeps the convolution, which
+(:func:`same_3x3`) takes one of these forms when its program is lowered for a CPU
+(``lax.platform_dependent``: a program compiled on a CPU for a TPU keeps the convolution, which
 other backends run well). Times on a 2-core AMD EPYC with AVX-512 BF16:
 
 - To at least ``MIN_CHANNELS`` channels on at least ``MIN_WINOGRAD_PIXELS`` of even height and
@@ -20,11 +21,12 @@ other backends run well). Times on a 2-core AMD EPYC with AVX-512 BF16:
   s with them from 64×64 up and in 13.3 s from 128×128 up, and ran as fast (3.53 and 3.55 s an
   image).
 - To fewer channels (the decoder's last, to an image's 3), and for one bfloat16 image below
-  Winograd's size: one product of the input with the nine taps side by side (K = C, N = 9·O), accumulated in
-  float32, whose nine shifted slices are summed and rounded once. At 256×256 from 160 to 3 channels
-  12 against 34 ms in float32 and 6 against 34 ms in bfloat16 (Winograd's 49 and 30 ms); at 16×16
-  with 640 channels in bfloat16 7 against 13 ms (in float32 13 against 12 ms). Its float32 output,
-  nine outputs of the convolution, is why wide bfloat16 convolutions take it for one image only.
+  Winograd's size: one product of the input with the nine taps side by side (K = C, N = 9·O),
+  accumulated in float32, whose nine shifted slices are summed and rounded once. At 256×256 from
+  160 to 3 channels 12 against 34 ms in float32 and 6 against 34 ms in bfloat16 (Winograd's 49 and
+  30 ms); at 16×16 with 640 channels in bfloat16 7 against 13 ms (in float32 13 against 12 ms). Its
+  float32 output, nine outputs of the convolution, is why of the wide convolutions only one
+  bfloat16 image's take it.
 - Otherwise XLA's convolution. An input of 3 channels keeps it: Winograd's took 29 against 13 ms for
   3 to 160 channels at 256×256.
 
@@ -36,12 +38,12 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-MIN_CHANNELS = 32  # measured: 3 (slower in either form), 16 to 640 (faster)
+MIN_CHANNELS = 32  # measured: 3 (slower in either form), 32 to 640 (faster)
 MIN_WINOGRAD_PIXELS = 64 * 64  # below, Winograd's form compiles in more time than it saves (above)
 MIN_WINOGRAD_PIXELS_ONE_BFLOAT16_IMAGE = 128 * 128  # below, the taps' product: as fast, compiled sooner
 _NHWC = lax.ConvDimensionNumbers(lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), out_spec=(0, 3, 1, 2))
 
-# F(2×2, 3×3): input tile d (4×4) -> Bᵀ·d·B, kernel g (3×3) -> G·g·Gᵀ, their product m -> Aᵀ·m·A (2×2).
+# F(2×2, 3×3): input tile d (4×4) -> Bᵀ·d·B, kernel g (3×3) -> G·g·Gᵀ, product m -> Aᵀ·m·A (2×2).
 _B_T = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))
 _G = ((1, 0, 0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0, 0, 1))
 _A_T = ((1, 1, 1, 0), (0, 1, -1, -1))
