@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from var_jax.ops.transpose import transposed
+from var_jax.ops.transpose import moved, transposed
 
 
 @pytest.mark.parametrize("shape", [(5, 3), (2, 7, 4)])
@@ -16,6 +16,13 @@ def test_it_is_the_transpose_of_the_last_two_axes(shape, dtype):
     ours = jax.jit(transposed)(a)
     assert ours.dtype == a.dtype
     np.testing.assert_array_equal(np.asarray(ours, np.float32), np.swapaxes(np.asarray(a, np.float32), -1, -2))
+
+
+@pytest.mark.parametrize("perm", [(0, 2, 1, 3), (0, 2, 3, 1), (3, 1, 0, 2)])
+def test_moved_is_the_transpose(perm):
+    a = jnp.arange(2 * 3 * 4 * 5, dtype=jnp.float32).reshape(2, 3, 4, 5).astype(jnp.bfloat16)
+    ours = jax.jit(lambda a: moved(a, perm))(a)
+    np.testing.assert_array_equal(np.asarray(ours, np.float32), np.transpose(np.asarray(a, np.float32), perm))
 
 
 def _product(x, g):

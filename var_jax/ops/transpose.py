@@ -14,7 +14,10 @@ VAR-d16 at batch 2 took 8.8, 8.9, 8.8 and 9.2 s against 9.6, 9.6, 9.5 and 9.8 s 
 fresh processes).  The inputs' gradients ȳ·Wᵀ keep the transposed kernel: copied inside the scan
 over the layers, where XLA fuses the copy with the kernel's conversion from the float32 stack, the
 step took 10.2 and 10.5 s; copied for all layers before the scan, 9.0 and 9.0 s against 8.8 and
-9.2 s without.
+9.2 s without (and 8.35, 8.2 and 8.25 against 8.33, 8.14 and 8.01 s, measured again later).
+
+Batched products (the attention's) are converted to float32 whenever an operand is transposed, on
+either side; :func:`moved` lays out such operands (``models.var.attention16``).
 """
 from __future__ import annotations
 
@@ -22,13 +25,18 @@ import jax
 from jax import lax
 
 
-def _copied(a: jax.Array) -> jax.Array:
+def _copied(a: jax.Array, perm: tuple[int, ...]) -> jax.Array:
     n = a.ndim
-    order = (*range(n - 2), n - 1, n - 2, n)
-    swapped = (*a.shape[:-2], a.shape[-1], a.shape[-2])
-    return a.reshape(*a.shape, 1).transpose(order).reshape(swapped)
+    return a.reshape(*a.shape, 1).transpose(*perm, n).reshape(tuple(a.shape[p] for p in perm))
+
+
+def moved(a: jax.Array, perm: tuple[int, ...]) -> jax.Array:
+    """``a.transpose(perm)``: on a CPU a row-major copy, elsewhere a plain transpose."""
+    perm = tuple(perm)
+    return lax.platform_dependent(a, cpu=lambda a: _copied(a, perm), default=lambda a: a.transpose(perm))
 
 
 def transposed(a: jax.Array) -> jax.Array:
     """``a`` with its last two axes swapped: on a CPU a row-major copy, elsewhere ``swapaxes``."""
-    return lax.platform_dependent(a, cpu=_copied, default=lambda a: a.swapaxes(-1, -2))
+    n = a.ndim
+    return moved(a, (*range(n - 2), n - 1, n - 2))
