@@ -348,13 +348,14 @@ def test_bfloat16_compute_is_close_to_float32(tiny_var):
     assert err.max() > 0  # the bfloat16 path really ran in lower precision
 
 
-def test_bfloat16_gradients_are_bfloat16_products():
+@pytest.mark.parametrize("width", [8, 32])  # narrower and wider than the input: either operand transposed
+def test_bfloat16_gradients_are_bfloat16_products(width):
     """A 16-bit dense product's gradients multiply 16-bit operands (the cotangent rounded to bfloat16,
     as torch.autocast's would be), not a float32 cotangent by a converted kernel."""
     rng = np.random.default_rng(6)
     x = jnp.asarray(rng.normal(size=(2, 5, 16)), jnp.float32)
-    kernel = jnp.asarray(rng.normal(size=(16, 8)), jnp.float32)
-    g = jnp.asarray(rng.normal(size=(2, 5, 8)), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=(16, width)), jnp.float32)
+    g = jnp.asarray(rng.normal(size=(2, 5, width)), jnp.float32)
 
     def f(x, kernel):
         return dense(x, kernel, None, jnp.bfloat16)
@@ -365,7 +366,7 @@ def test_bfloat16_gradients_are_bfloat16_products():
     dx, dk = jax.vjp(f, x, kernel)[1](g)
     as64 = lambda a: np.asarray(jnp.asarray(a, jnp.bfloat16), np.float64)  # noqa: E731
     want_dx = as64(g) @ as64(kernel).T
-    want_dk = as64(x).reshape(-1, 16).T @ as64(g).reshape(-1, 8)
+    want_dk = as64(x).reshape(-1, 16).T @ as64(g).reshape(-1, width)
     # Exact products of the rounded operands, accumulated in float32, then rounded to bfloat16
     # (the operands' dtype) and back: within 2^-8 relative of each element.
     np.testing.assert_allclose(np.asarray(dx), want_dx, rtol=2 ** -8, atol=1e-6)
