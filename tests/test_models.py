@@ -222,7 +222,6 @@ def test_block_causal_attention_equals_the_masked_softmax(num_scales):
     assert (changed[:, :first_of_last] == 0).all() and (changed[:, first_of_last:] > 0).all()
 
 
-
 def _attention_vjp(q, k, v, g, num_scales=3):
     cfg = VARConfig.for_depth(2, patch_nums=(1, 2, 3, 4))
     out, vjp = jax.vjp(lambda q, k, v: block_causal_attention(cfg, num_scales)(q, k, v, 0.5, None)[0], q, k, v)
@@ -258,6 +257,7 @@ def test_bfloat16_attention_and_its_gradients_multiply_row_major_bfloat16(seed):
     for ours, ref, bound in [(out, want, 1e-2)] + [(d, w, 1.5e-2) for d, w in zip(grads, want_grads)]:
         ours, ref = np.asarray(ours, np.float32), np.asarray(ref)
         assert np.abs(ours - ref).max() <= bound * np.abs(ref).max()
+
 
 # -- label dropout, drop path, remat, dtype -----------------------------------------------------------------
 def _inputs(cfg, seed=0):

@@ -187,7 +187,7 @@ def block_causal_attention(cfg: VARConfig, num_scales: int) -> Attend:
     """The teacher-forced forward's attention over the first ``num_scales`` scales under the
     block-causal mask, run by run of :func:`query_groups`; a run of one scale sees every key up to
     its end and needs no mask.  On a CPU, 16-bit queries, keys and values take :func:`attention16`
-    (unless attention dropout is on); other platforms keep XLA's own gradients, whose memory the TPU
+    (unless attention dropout is on); other platforms keep JAX's own gradients, whose memory the TPU
     plans were made with (:func:`attention16` would add 0.2 GiB a chip to VAR-d16's step on v5e-64)."""
     groups, mask, drop_rate = query_groups(cfg.patch_nums[:num_scales]), cfg.attn_mask(), cfg.attn_drop_rate
     levels = tuple(cfg.level_ids().tolist())
