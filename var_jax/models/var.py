@@ -190,7 +190,6 @@ def block_causal_attention(cfg: VARConfig, num_scales: int) -> Attend:
     (unless attention dropout is on); other platforms keep JAX's own gradients, whose memory the TPU
     plans were made with (:func:`attention16` would add 0.2 GiB a chip to VAR-d16's step on v5e-64)."""
     groups, mask, drop_rate = query_groups(cfg.patch_nums[:num_scales]), cfg.attn_mask(), cfg.attn_drop_rate
-    levels = tuple(cfg.level_ids().tolist())
 
     def by_runs(q, k, v, scale, key):
         keys = [None] * len(groups) if key is None else jax.random.split(key, len(groups))
@@ -204,8 +203,8 @@ def block_causal_attention(cfg: VARConfig, num_scales: int) -> Attend:
 
     def by_runs16(q, k, v, scale):
         qh, kt, vh = moved(q, (0, 2, 1, 3)), moved(k, (0, 2, 3, 1)), moved(v, (0, 2, 1, 3))
-        out = [attention16(qh[:, :, begin:end], kt[..., :end], vh[:, :, :end], scale,
-                           None if mask[begin:end, :end].all() else (levels[begin:end], levels[:end]))
+        out = [attention16(qh[:, :, begin:end], kt[..., :end], vh[:, :, :end],
+                           None if mask[begin:end, :end].all() else jnp.asarray(mask[begin:end, :end]), scale)
                for begin, end in groups]
         return moved(jnp.concatenate(out, axis=2), (0, 2, 1, 3))
 
@@ -219,12 +218,11 @@ def block_causal_attention(cfg: VARConfig, num_scales: int) -> Attend:
     return attend
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def attention16(qh: jax.Array, kt: jax.Array, vh: jax.Array, scale: float,
-                levels: tuple[tuple[int, ...], tuple[int, ...]] | None) -> jax.Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def attention16(qh: jax.Array, kt: jax.Array, vh: jax.Array, mask: jax.Array | None, scale: float) -> jax.Array:
     """Softmax attention of 16-bit queries (B, H, Lq, hd) over keys stored transposed (B, H, hd, Lk)
-    and values (B, H, Lk, hd) → (B, H, Lq, hd) in their dtype; ``levels`` (the queries' and the
-    keys' scale indices) masks out keys of finer scales.  Scores and softmax in float32.
+    and values (B, H, Lk, hd), optionally under a boolean mask (Lq, Lk) → (B, H, Lq, hd) in their
+    dtype.  Scores and softmax in float32.
 
     Every product, the gradients' too, multiplies row-major operands in the 16-bit dtype, with
     float32 cotangents rounded to it first (as ``matmul16`` does).  Left to JAX, the gradients
@@ -232,20 +230,19 @@ def attention16(qh: jax.Array, kt: jax.Array, vh: jax.Array, scale: float,
     product.  VAR-d16 at batch 2 on a 2-core AMD EPYC with AVX-512 BF16: the attention forward and
     backward under ``dots_saveable`` took 69-73 against 86-94 ms a layer, the bfloat16 training step
     0.96 of its time (median of 10 pairs of fresh processes, 7.68-9.26 against 7.92-9.42 s)."""
-    return _attention16_fwd(qh, kt, vh, scale, levels)[0]
+    return _attention16_fwd(qh, kt, vh, mask, scale)[0]
 
 
-def _attention16_fwd(qh, kt, vh, scale, levels):
+def _attention16_fwd(qh, kt, vh, mask, scale):
     s = jnp.matmul(qh, kt, preferred_element_type=jnp.float32) * scale
-    if levels is not None:
-        lq, lk = (np.asarray(x) for x in levels)
-        s = jnp.where(lk[None, :] <= lq[:, None], s, -jnp.inf)
+    if mask is not None:
+        s = jnp.where(mask, s, -jnp.inf)
     w = jax.nn.softmax(s, axis=-1)
     o = jnp.matmul(w.astype(vh.dtype), vh, preferred_element_type=jnp.float32).astype(vh.dtype)
     return o, (qh, kt, vh, w)
 
 
-def _attention16_bwd(scale, levels, residuals, g):
+def _attention16_bwd(scale, residuals, g):
     qh, kt, vh, w = residuals
     g = g.astype(vh.dtype)
     dw = jnp.matmul(g, transposed(vh), preferred_element_type=jnp.float32)
@@ -253,7 +250,7 @@ def _attention16_bwd(scale, levels, residuals, g):
     dq = jnp.matmul(ds, transposed(kt), preferred_element_type=jnp.float32)
     dkt = jnp.matmul(transposed(qh), ds, preferred_element_type=jnp.float32)
     dv = transposed(jnp.matmul(transposed(g), w.astype(vh.dtype), preferred_element_type=jnp.float32))
-    return dq.astype(qh.dtype), dkt.astype(kt.dtype), dv.astype(vh.dtype)
+    return dq.astype(qh.dtype), dkt.astype(kt.dtype), dv.astype(vh.dtype), None  # none for the mask
 
 
 attention16.defvjp(_attention16_fwd, _attention16_bwd)
