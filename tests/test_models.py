@@ -222,10 +222,20 @@ def test_block_causal_attention_equals_the_masked_softmax(num_scales):
     assert (changed[:, :first_of_last] == 0).all() and (changed[:, first_of_last:] > 0).all()
 
 
+_RUNS_CFG = VARConfig.for_depth(2, patch_nums=(1, 2, 3, 4))
+
+
 def _attention_vjp(q, k, v, g, num_scales=3):
-    cfg = VARConfig.for_depth(2, patch_nums=(1, 2, 3, 4))
-    out, vjp = jax.vjp(lambda q, k, v: block_causal_attention(cfg, num_scales)(q, k, v, 0.5, None)[0], q, k, v)
+    out, vjp = jax.vjp(lambda q, k, v: block_causal_attention(_RUNS_CFG, num_scales)(q, k, v, 0.5, None)[0], q, k, v)
     return out, vjp(g.astype(out.dtype))
+
+
+def _masked_attention_vjp(q, k, v, g):
+    """JAX's own gradients of the whole sequence's attention under the block-causal mask."""
+    L = q.shape[1]
+    mask = jnp.asarray(_RUNS_CFG.attn_mask()[:L, :L])
+    out, vjp = jax.vjp(lambda q, k, v: attention(q, heads_first(k), heads_first(v), 0.5, mask), q, k, v)
+    return out, vjp(g)
 
 
 def _products(fn, *args) -> list[tuple[str, str, str]]:
@@ -238,23 +248,28 @@ def _products(fn, *args) -> list[tuple[str, str, str]]:
     return found
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_bfloat16_attention_and_its_gradients_multiply_row_major_bfloat16(seed):
-    """On a CPU, 16-bit attention and its gradients multiply row-major operands (the cotangents
-    rounded to bfloat16), in the dtype this machine's XLA multiplies a plain batched bfloat16 product;
-    the results stay within bfloat16 rounding of float32 attention on the same values."""
-    q, k, v, g = (jnp.asarray(a, jnp.bfloat16) for a in jax.random.normal(jax.random.key(seed), (4, 2, 14, 2, 8)))
+# Bounds, relative to the largest float32 value: bfloat16 measured on seeds 0-7 at most 0.45%
+# (output) and 0.60% (gradients), from rounding the softmax weights, the cotangents and the results
+# to bfloat16 (2^-9 each); float32 at most 6.8e-8 and 4.1e-7, from the order of summation only.  A gradient without the
+# softmax's own term is off by the order of the values themselves.
+@pytest.mark.parametrize("dtype, seed, out_bound, grad_bound", [(jnp.bfloat16, 0, 1e-2, 1.5e-2),
+                                                                (jnp.bfloat16, 1, 1e-2, 1.5e-2),
+                                                                (jnp.float32, 2, 2e-6, 2e-6)])
+def test_attention_and_its_gradients_multiply_row_major_operands(dtype, seed, out_bound, grad_bound):
+    """On a CPU the teacher-forced attention and its gradients multiply row-major operands (16-bit
+    cotangents rounded to bfloat16) in the dtype this machine's XLA multiplies a plain batched
+    product of the inputs' dtype; the results stay within the dtype's rounding of JAX's own float32
+    attention under the mask."""
+    q, k, v, g = (jnp.asarray(a, dtype) for a in jax.random.normal(jax.random.key(seed), (4, 2, 14, 2, 8)))
     plain = _products(lambda a, b: jnp.matmul(a, b, preferred_element_type=jnp.float32),
-                      jnp.zeros((2, 2, 14, 8), jnp.bfloat16), jnp.zeros((2, 2, 8, 14), jnp.bfloat16))
+                      jnp.zeros((2, 2, 14, 8), dtype), jnp.zeros((2, 2, 8, 14), dtype))
     products = _products(_attention_vjp, q, k, v, g)
     # 3 runs × (2 forward + 4 backward), less the 1×1 run's, which XLA turns into elementwise work
     assert len(products) == 12 and set(products) == {(plain[0][0], "3", "2")}
-    (out, grads), (want, want_grads) = _attention_vjp(q, k, v, g), _attention_vjp(*(a.astype(jnp.float32) for a in (q, k, v, g)))
-    assert out.dtype == jnp.bfloat16 and all(d.dtype == jnp.bfloat16 for d in grads)
-    # measured on seeds 0-7: at most 0.45% (output) and 0.60% (gradients) of the largest float32
-    # value, from rounding the softmax weights, the cotangents and the results to bfloat16 (2^-9 each);
-    # a gradient without the softmax's own term is off by the order of the values themselves
-    for ours, ref, bound in [(out, want, 1e-2)] + [(d, w, 1.5e-2) for d, w in zip(grads, want_grads)]:
+    (out, grads) = _attention_vjp(q, k, v, g)
+    want, want_grads = _masked_attention_vjp(*(a.astype(jnp.float32) for a in (q, k, v, g)))
+    assert out.dtype == dtype and all(d.dtype == dtype for d in grads)
+    for ours, ref, bound in [(out, want, out_bound)] + [(d, w, grad_bound) for d, w in zip(grads, want_grads)]:
         ours, ref = np.asarray(ours, np.float32), np.asarray(ref)
         assert np.abs(ours - ref).max() <= bound * np.abs(ref).max()
 
@@ -371,6 +386,31 @@ def test_bfloat16_gradients_are_bfloat16_products(width):
     # (the operands' dtype) and back: within 2^-8 relative of each element.
     np.testing.assert_allclose(np.asarray(dx), want_dx, rtol=2 ** -8, atol=1e-6)
     np.testing.assert_allclose(np.asarray(dk), want_dk, rtol=2 ** -8, atol=1e-6)
+
+
+@pytest.mark.parametrize("width", [8, 32])
+def test_float32_kernel_gradients_multiply_row_major_operands(width):
+    """On a CPU a float32 dense product's kernel gradient multiplies row-major operands, as the
+    forward product does (a transposed float32 operand goes to a kernel half as fast), and the
+    gradients are float32's."""
+    rng = np.random.default_rng(7)
+    x = jnp.asarray(rng.normal(size=(2, 5, 16)), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=(16, width)), jnp.float32)
+    g = jnp.asarray(rng.normal(size=(2, 5, width)), jnp.float32)
+
+    def grads(x, kernel):
+        return jax.vjp(lambda x, k: dense(x, k, None), x, kernel)[1](g)
+
+    forward = _products(lambda x, k: dense(x, k, None), x, kernel)
+    backward = _products(grads, x, kernel)
+    assert forward == [("f32/f32", "1", "0")]
+    # x's gradient ȳ·kernelᵀ keeps its transposed kernel; the kernel's is a row-major product
+    assert sorted(backward) == [("f32/f32", "1", "0"), ("f32/f32", "1", "1")]
+    dx, dk = grads(x, kernel)
+    as64 = lambda a: np.asarray(a, np.float64)  # noqa: E731
+    # float32 sums of 16 or 10 order-one products
+    np.testing.assert_allclose(np.asarray(dx), as64(g) @ as64(kernel).T, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(dk), as64(x).reshape(-1, 16).T @ as64(g).reshape(-1, width), rtol=0, atol=1e-5)
 
 
 def _equations(jaxpr):

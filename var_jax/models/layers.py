@@ -71,39 +71,41 @@ def dense(x: jax.Array, kernel: jax.Array | LayerKernel, bias: jax.Array | None,
     if isinstance(kernel, LayerKernel):
         y = jax.lax.switch(kernel.layer, [lambda x, k=k: jnp.matmul(x, k, preferred_element_type=jnp.float32)
                                           for k in kernel.kernels], x)
-    elif jnp.dtype(x.dtype).itemsize == 2:
-        y = checkpoint_name(matmul16(x, kernel), WEIGHT_PRODUCT)
     else:
-        y = jnp.matmul(x, kernel, preferred_element_type=jnp.float32)
+        y = checkpoint_name(row_major_matmul(x, kernel), WEIGHT_PRODUCT)
     return y if bias is None else y + bias
 
 
-# The name of :func:`matmul16`'s output, by which the rematerialisation policies that keep the
-# weight products keep it (``var._remat``): a custom_vjp is not a ``dot_general`` to them.
+# The name of :func:`row_major_matmul`'s output, by which the rematerialisation policies that keep
+# the weight products keep it (``var._remat``): a custom_vjp is not a ``dot_general`` to them.
 WEIGHT_PRODUCT = "weight_product"
 
 
 @jax.custom_vjp
-def matmul16(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """x (..., in) · kernel (in, out) of 16-bit operands, accumulated in float32, whose gradients are
-    products of 16-bit operands too: the float32 cotangent is rounded to their dtype first, as the
-    output of a 16-bit product would be (so ``torch.autocast`` does).  Left to JAX, the backward
-    products would multiply the float32 cotangent by the operand converted to float32, at float32's
-    rate (on a CPU with AVX-512 BF16, half of bfloat16's).  The kernel's gradient multiplies a
-    row-major copy (:mod:`var_jax.ops.transpose`) of the narrower of x and the cotangent: xᵀ·ȳ, or
-    (ȳᵀ·x)ᵀ with the 16-bit result transposed back.  XLA fuses a copy with the work that recomputes
-    its operand: xᵀ of the MLP's second product, 4 times wider than ȳ, transposed the recomputed GELU
-    element by element (VAR-d16's bfloat16 step at batch 2 took 7.44-8.16 s against 7.82-8.68 s, a
-    median of 0.95 of its time over 6 pairs of fresh processes, without that copy).  x's gradient
-    multiplies by kernelᵀ as it is."""
+def row_major_matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """x (..., in) · kernel (in, out), accumulated in float32, whose gradients are products of
+    operands in x's dtype too, the kernel's of row-major operands.
+
+    - 16-bit operands: the float32 cotangent is rounded to their dtype first, as the output of a
+      16-bit product would be (so ``torch.autocast`` does).  Left to JAX, the backward products would
+      multiply the float32 cotangent by the operand converted to float32, at float32's rate (on a CPU
+      with AVX-512 BF16, half of bfloat16's).
+    - The kernel's gradient multiplies a row-major copy (:mod:`var_jax.ops.transpose`) of the
+      narrower of x and the cotangent: xᵀ·ȳ, or (ȳᵀ·x)ᵀ with the result transposed back.  Left to
+      JAX, a CPU multiplies the transposed operand at about half its rate, in float32 too.  XLA fuses
+      a copy with the work that recomputes its operand: xᵀ of the MLP's second product, 4 times wider
+      than ȳ, transposed the recomputed GELU element by element (VAR-d16's bfloat16 step at batch 2
+      took 7.44-8.16 s against 7.82-8.68 s, a median of 0.95 of its time over 6 pairs of fresh
+      processes, without that copy).
+    - x's gradient multiplies by kernelᵀ as it is."""
     return jnp.matmul(x, kernel, preferred_element_type=jnp.float32)
 
 
-def _matmul16_fwd(x, kernel):
-    return matmul16(x, kernel), (x, kernel)
+def _row_major_matmul_fwd(x, kernel):
+    return row_major_matmul(x, kernel), (x, kernel)
 
 
-def _matmul16_bwd(residuals, g):
+def _row_major_matmul_bwd(residuals, g):
     x, kernel = residuals
     g = g.astype(x.dtype)
     dx = jnp.matmul(g, kernel.T, preferred_element_type=jnp.float32)
@@ -116,4 +118,4 @@ def _matmul16_bwd(residuals, g):
     return dx.astype(x.dtype), dk
 
 
-matmul16.defvjp(_matmul16_fwd, _matmul16_bwd)
+row_major_matmul.defvjp(_row_major_matmul_fwd, _row_major_matmul_bwd)

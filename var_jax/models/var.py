@@ -186,9 +186,9 @@ def query_groups(patch_nums: tuple[int, ...], max_groups: int = 3) -> list[tuple
 def block_causal_attention(cfg: VARConfig, num_scales: int) -> Attend:
     """The teacher-forced forward's attention over the first ``num_scales`` scales under the
     block-causal mask, run by run of :func:`query_groups`; a run of one scale sees every key up to
-    its end and needs no mask.  On a CPU, 16-bit queries, keys and values take :func:`attention16`
-    (unless attention dropout is on); other platforms keep JAX's own gradients, whose memory the TPU
-    plans were made with (:func:`attention16` would add 0.2 GiB a chip to VAR-d16's step on v5e-64)."""
+    its end and needs no mask.  On a CPU it takes :func:`row_major_attention` (unless attention
+    dropout is on); other platforms keep JAX's own gradients, whose memory the TPU plans were made
+    with (:func:`row_major_attention` would add 0.2 GiB a chip to VAR-d16's step on v5e-64)."""
     groups, mask, drop_rate = query_groups(cfg.patch_nums[:num_scales]), cfg.attn_mask(), cfg.attn_drop_rate
 
     def by_runs(q, k, v, scale, key):
@@ -201,17 +201,17 @@ def block_causal_attention(cfg: VARConfig, num_scales: int) -> Attend:
                                  None if m.all() else jnp.asarray(m), drop_rate, kg))
         return jnp.concatenate(out, axis=1)
 
-    def by_runs16(q, k, v, scale):
+    def by_runs_row_major(q, k, v, scale):
         qh, kt, vh = moved(q, (0, 2, 1, 3)), moved(k, (0, 2, 3, 1)), moved(v, (0, 2, 1, 3))
-        out = [attention16(qh[:, :, begin:end], kt[..., :end], vh[:, :, :end],
+        out = [row_major_attention(qh[:, :, begin:end], kt[..., :end], vh[:, :, :end],
                            None if mask[begin:end, :end].all() else jnp.asarray(mask[begin:end, :end]), scale)
                for begin, end in groups]
         return moved(jnp.concatenate(out, axis=2), (0, 2, 1, 3))
 
     def attend(q, k, v, scale, key):
-        if jnp.dtype(q.dtype).itemsize == 2 and (key is None or drop_rate <= 0):
+        if key is None or drop_rate <= 0:
             return jax.lax.platform_dependent(
-                q, k, v, cpu=lambda q, k, v: by_runs16(q, k, v, scale),
+                q, k, v, cpu=lambda q, k, v: by_runs_row_major(q, k, v, scale),
                 default=lambda q, k, v: by_runs(q, k, v, scale, None).astype(q.dtype)), None
         return by_runs(q, k, v, scale, key), None
 
@@ -219,21 +219,23 @@ def block_causal_attention(cfg: VARConfig, num_scales: int) -> Attend:
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def attention16(qh: jax.Array, kt: jax.Array, vh: jax.Array, mask: jax.Array | None, scale: float) -> jax.Array:
-    """Softmax attention of 16-bit queries (B, H, Lq, hd) over keys stored transposed (B, H, hd, Lk)
-    and values (B, H, Lk, hd), optionally under a boolean mask (Lq, Lk) → (B, H, Lq, hd) in their
-    dtype.  Scores and softmax in float32.
+def row_major_attention(qh: jax.Array, kt: jax.Array, vh: jax.Array, mask: jax.Array | None,
+                        scale: float) -> jax.Array:
+    """Softmax attention of queries (B, H, Lq, hd) over keys stored transposed (B, H, hd, Lk) and
+    values (B, H, Lk, hd), optionally under a boolean mask (Lq, Lk) → (B, H, Lq, hd) in their dtype.
+    Scores and softmax in float32.
 
-    Every product, the gradients' too, multiplies row-major operands in the 16-bit dtype, with
-    float32 cotangents rounded to it first (as ``matmul16`` does).  Left to JAX, the gradients
-    multiply transposed operands, which XLA's CPU backend converts to float32 before a batched
-    product.  VAR-d16 at batch 2 on a 2-core AMD EPYC with AVX-512 BF16: the attention forward and
-    backward under ``dots_saveable`` took 69-73 against 86-94 ms a layer, the bfloat16 training step
+    Every product, the gradients' too, multiplies row-major operands in the inputs' dtype, with
+    float32 cotangents rounded to it first (as ``layers.row_major_matmul`` does).  Left to JAX, the
+    gradients multiply transposed operands, which XLA's CPU backend converts to float32 before a
+    batched bfloat16 product, and multiplies in float32 with Eigen rather than YNNPACK.  VAR-d16 at
+    batch 2 on a 2-core AMD EPYC with AVX-512 BF16: the attention forward and backward under
+    ``dots_saveable`` took 69-73 against 86-94 ms a layer in bfloat16, the bfloat16 training step
     0.96 of its time (median of 10 pairs of fresh processes, 7.68-9.26 against 7.92-9.42 s)."""
-    return _attention16_fwd(qh, kt, vh, mask, scale)[0]
+    return _row_major_attention_fwd(qh, kt, vh, mask, scale)[0]
 
 
-def _attention16_fwd(qh, kt, vh, mask, scale):
+def _row_major_attention_fwd(qh, kt, vh, mask, scale):
     s = jnp.matmul(qh, kt, preferred_element_type=jnp.float32) * scale
     if mask is not None:
         s = jnp.where(mask, s, -jnp.inf)
@@ -242,7 +244,7 @@ def _attention16_fwd(qh, kt, vh, mask, scale):
     return o, (qh, kt, vh, w)
 
 
-def _attention16_bwd(scale, residuals, g):
+def _row_major_attention_bwd(scale, residuals, g):
     qh, kt, vh, w = residuals
     g = g.astype(vh.dtype)
     dw = jnp.matmul(g, transposed(vh), preferred_element_type=jnp.float32)
@@ -253,7 +255,7 @@ def _attention16_bwd(scale, residuals, g):
     return dq.astype(qh.dtype), dkt.astype(kt.dtype), dv.astype(vh.dtype), None  # none for the mask
 
 
-attention16.defvjp(_attention16_fwd, _attention16_bwd)
+row_major_attention.defvjp(_row_major_attention_fwd, _row_major_attention_bwd)
 
 
 def qkv_heads(p: dict, h: jax.Array, cfg: VARConfig, dtype) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -357,7 +359,7 @@ def _remat(fn, policy: str):
     if policy == "full":
         return jax.checkpoint(fn)
     save = getattr(jax.checkpoint_policies, policy)
-    if "dots" in policy:  # the policies that keep the weight products keep the 16-bit ones by name
+    if "dots" in policy:  # the policies that keep products keep the weight products (a custom_vjp) by name
         save = jax.checkpoint_policies.save_from_both_policies(
             save, jax.checkpoint_policies.save_only_these_names(WEIGHT_PRODUCT))
     return jax.checkpoint(fn, policy=save)
