@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import signal
 import types
 
@@ -131,6 +132,16 @@ def assert_same_params(a, b) -> None:
         va, vb = np.asarray(fa[path]), np.asarray(fb[path])
         assert va.shape == vb.shape and va.dtype == vb.dtype, path
         assert np.array_equal(va, vb), f"{path} differs"
+
+
+def compiled_products(fn, *args) -> list[tuple[str, str, str]]:
+    """(operand dtypes, lhs and rhs contracting dims) of every product in ``fn``'s program compiled
+    for this machine: which layout and dtype XLA gives each matrix product."""
+    hlo = jax.jit(fn).lower(*args).compile().as_text()
+    dtypes = dict(re.findall(r"%([\w.\-]+) = (\w+)\[", hlo))
+    dot = r" dot\((.*?)\),.*?lhs_contracting_dims=\{(\d)\}.*?rhs_contracting_dims=\{(\d)\}"
+    return [("/".join(dtypes[n.strip().lstrip("%")] for n in operands.split(",")), lhs, rhs)
+            for operands, lhs, rhs in re.findall(dot, hlo)]
 
 
 def param_count(model) -> int:

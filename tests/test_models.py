@@ -1,7 +1,6 @@
 """Model behaviour the fixture does not cover, against small NumPy references written from the spec."""
 import dataclasses
 import math
-import re
 
 import jax
 import jax.extend
@@ -10,6 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from conftest import compiled_products
 from var_jax import convert
 from var_jax.config import load_config
 from var_jax.models import quant
@@ -238,20 +238,10 @@ def _masked_attention_vjp(q, k, v, g):
     return out, vjp(g)
 
 
-def _products(fn, *args) -> list[tuple[str, str, str]]:
-    """(operand dtypes, lhs and rhs contracting dims) of every product in ``fn``'s compiled program."""
-    hlo = jax.jit(fn).lower(*args).compile().as_text()
-    dtypes = dict(re.findall(r"%([\w.\-]+) = (\w+)\[", hlo))
-    found = []
-    for operands, lhs, rhs in re.findall(r" dot\((.*?)\),.*?lhs_contracting_dims=\{(\d)\}.*?rhs_contracting_dims=\{(\d)\}", hlo):
-        found.append(("/".join(dtypes[n.strip().lstrip("%")] for n in operands.split(",")), lhs, rhs))
-    return found
-
-
 # Bounds, relative to the largest float32 value: bfloat16 measured on seeds 0-7 at most 0.45%
 # (output) and 0.60% (gradients), from rounding the softmax weights, the cotangents and the results
-# to bfloat16 (2^-9 each); float32 at most 6.8e-8 and 4.1e-7, from the order of summation only.  A gradient without the
-# softmax's own term is off by the order of the values themselves.
+# to bfloat16 (2^-9 each); float32 at most 6.8e-8 and 4.1e-7, from the order of summation only.  A
+# gradient without the softmax's own term is off by the order of the values themselves.
 @pytest.mark.parametrize("dtype, seed, out_bound, grad_bound", [(jnp.bfloat16, 0, 1e-2, 1.5e-2),
                                                                 (jnp.bfloat16, 1, 1e-2, 1.5e-2),
                                                                 (jnp.float32, 2, 2e-6, 2e-6)])
@@ -261,9 +251,9 @@ def test_attention_and_its_gradients_multiply_row_major_operands(dtype, seed, ou
     product of the inputs' dtype; the results stay within the dtype's rounding of JAX's own float32
     attention under the mask."""
     q, k, v, g = (jnp.asarray(a, dtype) for a in jax.random.normal(jax.random.key(seed), (4, 2, 14, 2, 8)))
-    plain = _products(lambda a, b: jnp.matmul(a, b, preferred_element_type=jnp.float32),
+    plain = compiled_products(lambda a, b: jnp.matmul(a, b, preferred_element_type=jnp.float32),
                       jnp.zeros((2, 2, 14, 8), dtype), jnp.zeros((2, 2, 8, 14), dtype))
-    products = _products(_attention_vjp, q, k, v, g)
+    products = compiled_products(_attention_vjp, q, k, v, g)
     # 3 runs × (2 forward + 4 backward), less the 1×1 run's, which XLA turns into elementwise work
     assert len(products) == 12 and set(products) == {(plain[0][0], "3", "2")}
     (out, grads) = _attention_vjp(q, k, v, g)
@@ -401,8 +391,8 @@ def test_float32_kernel_gradients_multiply_row_major_operands(width):
     def grads(x, kernel):
         return jax.vjp(lambda x, k: dense(x, k, None), x, kernel)[1](g)
 
-    forward = _products(lambda x, k: dense(x, k, None), x, kernel)
-    backward = _products(grads, x, kernel)
+    forward = compiled_products(lambda x, k: dense(x, k, None), x, kernel)
+    backward = compiled_products(grads, x, kernel)
     assert forward == [("f32/f32", "1", "0")]
     # the kernel's gradient is a row-major product; x's, ȳ·kernelᵀ, contracts ȳ's rows as they lie
     # (XLA may fold kernelᵀ into it or copy it); none contracts the left operand's first axis, as

@@ -1,11 +1,10 @@
 """Transposes that a CPU's bfloat16 products take as row-major operands."""
-import re
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import compiled_products
 from var_jax.ops.transpose import moved, transposed
 
 
@@ -29,27 +28,15 @@ def _product(x, g):
     return jnp.matmul(transposed(x), g, preferred_element_type=jnp.float32)
 
 
-def _operands_of_the_product(fn, *shapes) -> list[tuple[str, str, str]]:
-    """(operand dtypes, lhs and rhs contracting dims) of each product in ``fn``'s compiled program."""
-    hlo = jax.jit(fn).lower(*shapes).compile().as_text()
-    dtypes = dict(re.findall(r"%([\w.\-]+) = (\w+)\[", hlo))
-    found = []
-    dot = r" dot\((.*?)\), lhs_contracting_dims=\{(\d)\}, rhs_contracting_dims=\{(\d)\}"
-    for operands, lhs, rhs in re.findall(dot, hlo):
-        names = [name.strip().lstrip("%") for name in operands.split(",")]
-        found.append(("/".join(dtypes[n] for n in names), lhs, rhs))
-    return found
-
-
 def test_a_cpu_multiplies_it_as_a_row_major_operand_of_its_own_dtype():
     x = jax.ShapeDtypeStruct((96, 64), jnp.bfloat16)
     g = jax.ShapeDtypeStruct((96, 128), jnp.bfloat16)
     row_major = jax.ShapeDtypeStruct((64, 96), jnp.bfloat16)
-    plain = _operands_of_the_product(lambda a, g: jnp.matmul(a, g, preferred_element_type=jnp.float32), row_major, g)
+    plain = compiled_products(lambda a, g: jnp.matmul(a, g, preferred_element_type=jnp.float32), row_major, g)
     # xᵀ (64, 96) · g (96, 128) as the product of a row-major array: contracting dims 1 and 0, and
     # operands in whatever dtype this machine's XLA multiplies an untransposed bfloat16 product
     # (bfloat16 where its CPU backend has a bfloat16 kernel).
-    assert _operands_of_the_product(_product, x, g) == plain and plain[0][1:] == ("1", "0")
+    assert compiled_products(_product, x, g) == plain and plain[0][1:] == ("1", "0")
     rng = np.random.default_rng(0)
     xs, gs = (jnp.asarray(rng.normal(size=s.shape), jnp.bfloat16) for s in (x, g))
     want = np.asarray(xs, np.float64).T @ np.asarray(gs, np.float64)
