@@ -96,18 +96,21 @@ def test_plan_command_auto_recomputes_at_a_larger_batch(libtpu, tmp_path, capsys
     assert "unknown TPU topology 'v9:2x2'" in capsys.readouterr().err
 
 
-def test_trainer_resolves_auto_on_cpu_within_the_hosts_memory(capsys, monkeypatch):
+@pytest.mark.parametrize("dtype, first", [("float32", "dots_saveable"),
+                                          ("bfloat16", "dots_with_no_batch_dims_saveable")])
+def test_trainer_resolves_auto_on_cpu_within_the_hosts_memory(capsys, monkeypatch, dtype, first):
     """CPU devices report no memory: `auto` measures the step against the host's memory and starts
-    from dots_saveable (faster than none on a CPU); a host too small for every policy is an error
-    that names them."""
+    from dots_saveable (faster than none on a CPU), in bfloat16 from dots_with_no_batch_dims_saveable
+    (faster still there); a host too small for every policy is an error that names them."""
     config = tiny_config()
-    config.train = ml_collections.ConfigDict({"batch_size": 4})
+    config.train = ml_collections.ConfigDict({"batch_size": 4, "compute_dtype": dtype})
     assert step_memory.resolve_auto_remat(config) is config  # remat=none: nothing to decide
     config.var.remat = "auto"
     resolved = step_memory.resolve_auto_remat(config)
-    assert resolved.var.remat == "dots_saveable" == step_memory.CPU_REMAT_ORDER[0] and config.var.remat == "auto"
-    assert "var.remat=auto: dots_saveable (dots_saveable: " in capsys.readouterr().out
+    assert resolved.var.remat == first == step_memory.cpu_remat_order(config)[0] and config.var.remat == "auto"
+    assert f"var.remat=auto: {first} ({first}: " in capsys.readouterr().out
     monkeypatch.setattr(step_memory, "host_memory_bytes", lambda: 2 ** 20)
     with pytest.raises(ValueError, match="no rematerialisation policy fits a batch of 4 in 0.00 GiB") as e:
         step_memory.resolve_auto_remat(config)
-    assert all(f"{policy}: " in str(e.value) for policy in step_memory.CPU_REMAT_ORDER)
+    assert all(f"{policy}: " in str(e.value) for policy in step_memory.cpu_remat_order(config))
+    assert "full: " in str(e.value)
