@@ -252,11 +252,11 @@ def test_attention_and_its_gradients_multiply_row_major_operands(dtype, seed, ou
     attention under the mask."""
     q, k, v, g = (jnp.asarray(a, dtype) for a in jax.random.normal(jax.random.key(seed), (4, 2, 14, 2, 8)))
     plain = compiled_products(lambda a, b: jnp.matmul(a, b, preferred_element_type=jnp.float32),
-                      jnp.zeros((2, 2, 14, 8), dtype), jnp.zeros((2, 2, 8, 14), dtype))
+                              jnp.zeros((2, 2, 14, 8), dtype), jnp.zeros((2, 2, 8, 14), dtype))
     products = compiled_products(_attention_vjp, q, k, v, g)
     # 3 runs × (2 forward + 4 backward), less the 1×1 run's, which XLA turns into elementwise work
     assert len(products) == 12 and set(products) == {(plain[0][0], "3", "2")}
-    (out, grads) = _attention_vjp(q, k, v, g)
+    out, grads = _attention_vjp(q, k, v, g)
     want, want_grads = _masked_attention_vjp(*(a.astype(jnp.float32) for a in (q, k, v, g)))
     assert out.dtype == dtype and all(d.dtype == dtype for d in grads)
     for ours, ref, bound in [(out, want, out_bound)] + [(d, w, grad_bound) for d, w in zip(grads, want_grads)]:

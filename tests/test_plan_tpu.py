@@ -113,4 +113,8 @@ def test_trainer_resolves_auto_on_cpu_within_the_hosts_memory(capsys, monkeypatc
     with pytest.raises(ValueError, match="no rematerialisation policy fits a batch of 4 in 0.00 GiB") as e:
         step_memory.resolve_auto_remat(config)
     assert all(f"{policy}: " in str(e.value) for policy in step_memory.cpu_remat_order(config))
-    assert "full: " in str(e.value)
+
+
+def test_cpu_remat_order_follows_the_recipes_compute_dtype_when_a_config_names_none():
+    """A model-only config trains in the default recipe's compute dtype, bfloat16."""
+    assert step_memory.cpu_remat_order(tiny_config()) == step_memory.CPU_REMAT_ORDER["16-bit"]
