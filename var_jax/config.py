@@ -124,6 +124,14 @@ def var_training() -> ml_collections.ConfigDict:
     })
 
 
+def with_training_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """``config`` over :func:`var_training`'s defaults (a copy): a model-only config trains with the
+    default recipe."""
+    full = var_training()
+    full.update({k: config[k] for k in config})
+    return full
+
+
 def released_recipe(config: ml_collections.ConfigDict, *, batch_size: int, epochs: float, tblr: float,
                     end_lr_ratio: float, wd_end: float = -1.0) -> ml_collections.ConfigDict:
     """A released model's configuration (:func:`released_var`) with its README recipe (the official

@@ -43,8 +43,8 @@ CPU_REMAT_ORDER = {"float32": REMAT_ORDER[1:], "16-bit": REMAT_ORDER[2:]}
 def cpu_remat_order(config) -> tuple[str, ...]:
     """The policies ``auto`` tries on a CPU for ``config``'s compute dtype (the default recipe's when
     the config names none)."""
-    from var_jax.config import var_training
-    dtype = config.get("train", {}).get("compute_dtype", var_training().train.compute_dtype)
+    from var_jax.config import with_training_defaults
+    dtype = with_training_defaults(config).train.compute_dtype
     return CPU_REMAT_ORDER["16-bit" if np.dtype(dtype).itemsize == 2 else "float32"]
 
 

@@ -30,7 +30,7 @@ from flax import nnx
 
 from var_jax import parallel
 from var_jax.checkpoint import CONFIG_FILE, load_pretrained
-from var_jax.config import COMPUTE_DTYPES, model_configs, var_training
+from var_jax.config import COMPUTE_DTYPES, model_configs, with_training_defaults
 from var_jax.data import pipeline
 from var_jax.data.sources import fingerprint
 from var_jax.data.tokenized import TokenSet, comparable_vae_config, tokenizer_fingerprint, train_token_batches
@@ -261,8 +261,7 @@ def lower_train_step(config: ml_collections.ConfigDict, mesh, batch: int, *, ima
     inputs (nothing is allocated): ``.compile().memory_analysis()`` sizes it (``var-jax plan``).
     ``images``: tokenize inside the step (the tokenizer's encoder included) instead of reading tokens."""
     from var_jax.models.vqvae import VQVAE
-    full = var_training()
-    full.update({k: config[k] for k in config})  # a model-only config gets the default recipe
+    full = with_training_defaults(config)
     length = RunLength.of(num_images=batch * 100, batch_size=batch, epochs=1.0, steps=1000)
     program = TrainProgram(full, mesh, length)
     vae_cfg, _ = model_configs(full)
